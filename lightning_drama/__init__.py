@@ -1,0 +1,3 @@
+"""Drama: a model-based RL agent with a Mamba-2 world model, in PyTorch Lightning."""
+
+__version__ = "0.1.0"
