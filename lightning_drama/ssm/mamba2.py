@@ -35,8 +35,9 @@ def _check_reset(reset: Tensor | None, shape: tuple[int, ...], what: str) -> Non
 class Mamba2(nn.Module):
     """One Mamba-2 mixer.
 
-    in_proj -> [z, x, B, C, dt]; depthwise causal conv1d + SiLU over xBC; dt = softplus(dt + dt_bias);
-    A = -exp(A_log) per head; SSD scan with D skip; gated RMSNorm `norm(y * silu(z))`; out_proj.
+    in_proj -> [z, x, B, C, dt]; depthwise causal conv1d + SiLU over xBC;
+    dt = softplus(dt + dt_bias); A = -exp(A_log) per head; SSD scan with D skip;
+    gated RMSNorm `norm(y * silu(z))`; out_proj.
 
     Args:
         d_model: width of the input and output.
@@ -279,7 +280,7 @@ class Mamba2Backbone(nn.Module):
         for s in state:
             if s.shape[0] != batch_size:
                 raise ValueError(
-                    f"Mamba2Backbone: state batch {s.shape[0]} does not match input batch {batch_size}"
+                    f"Mamba2Backbone: state batch {s.shape[0]} != input batch {batch_size}"
                 )
         return [(state[2 * i], state[2 * i + 1]) for i in range(self.n_layers)]
 
@@ -298,7 +299,7 @@ class Mamba2Backbone(nn.Module):
         residual = self._residual(x)
         new_state: list[Tensor] = []
         for norm, mixer, layer_state in zip(
-            self.norms, self.mixers, self._layer_states(state, x.shape[0])
+            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
         ):
             h, s = mixer(norm(residual), layer_state, reset)
             residual = residual + self.dropout(h).to(residual.dtype)
@@ -314,7 +315,7 @@ class Mamba2Backbone(nn.Module):
         residual = self._residual(x)
         new_state: list[Tensor] = []
         for norm, mixer, layer_state in zip(
-            self.norms, self.mixers, self._layer_states(state, x.shape[0])
+            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
         ):
             h, s = mixer.step(norm(residual), layer_state, reset)
             residual = residual + self.dropout(h).to(residual.dtype)

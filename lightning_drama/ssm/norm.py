@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """Mamba-2's `norm(y * silu(z))`: the gate is applied before normalising, per group of channels."""
+    """Mamba-2's `norm(y * silu(z))`: gate first, then normalise per group of channels."""
 
     def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-6) -> None:
         super().__init__(dim, eps)
