@@ -1,0 +1,137 @@
+"""Environment collector: steps the env(s) with a policy and writes every step to the replay.
+
+The policy interface (the training module passes one in; ``None`` = uniform random, the warm-up)::
+
+    policy(obs: [N, 64, 64, 3] uint8 tensor, is_first: [N] bool tensor, state)
+        -> (actions: [N] int64 tensor, state)
+
+``state`` is ``None`` at the start and after a resume; the policy resets the rows where
+``is_first``. The collector keeps the current observation, ``is_first`` flags and policy state
+between calls, so training can interleave ``collect`` calls with updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from lightning_drama.data.replay import ReplayBuffer
+
+Policy = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+class Collector:
+    """Steps ``len(env_fns)`` environments (one Gymnasium vector env) and fills ``replay``.
+
+    Args:
+        env_fns: one constructor per env, e.g. ``partial(make_env, "ALE/Pong-v5")``.
+        replay: buffer with one stream per env.
+        seed: env i is reset with seed + i; random warm-up actions use an RNG seeded with it too.
+        asynchronous: step the envs in subprocesses (``AsyncVectorEnv``) instead of in turn.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        replay: ReplayBuffer,
+        seed: int = 0,
+        asynchronous: bool = False,
+    ):
+        if replay.num_streams != len(env_fns):
+            raise ValueError(f"replay has {replay.num_streams} streams for {len(env_fns)} envs")
+        vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+        # SAME_STEP: a finished env is reset inside the same step(), so every step is a real one
+        self.envs = vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.num_envs = len(env_fns)
+        self.num_actions = int(self.envs.single_action_space.n)
+        self.replay = replay
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.env_steps = 0  # total env steps over all envs
+        self.episodes = 0  # finished episodes over all envs
+        self.last_return = float("nan")  # return of the most recently finished episode
+        self.obs: np.ndarray | None = None  # [N, 64, 64, 3] uint8, current observation
+        self.is_first = np.ones(self.num_envs, bool)  # [N]
+        self.policy_state: Any = None
+        self._episode_return = np.zeros(self.num_envs, np.float64)
+        self._episode_length = np.zeros(self.num_envs, np.int64)
+
+    def reset(self) -> None:
+        """Start new episodes in all envs (done automatically on the first ``collect``)."""
+        # after a resume, env_steps > 0 gives fresh but reproducible seeds
+        self.obs, _ = self.envs.reset(seed=self.seed + self.env_steps)
+        self.is_first[:] = True
+        self.policy_state = None
+        self._episode_return[:] = 0.0
+        self._episode_length[:] = 0
+
+    @torch.no_grad()
+    def collect(self, num_steps: int, policy: Policy | None = None) -> list[dict[str, float]]:
+        """Take at least ``num_steps`` env steps in total (a multiple of ``num_envs``).
+
+        Returns one ``{"return", "length", "env"}`` dict per episode finished during the call.
+        """
+        if self.obs is None:
+            self.reset()
+        finished = []
+        for _ in range(-(-num_steps // self.num_envs)):
+            if policy is None:
+                actions = self.rng.integers(0, self.num_actions, self.num_envs)
+            else:
+                obs, is_first = torch.from_numpy(self.obs), torch.from_numpy(self.is_first)
+                actions, self.policy_state = policy(obs, is_first, self.policy_state)
+                actions = actions.cpu().numpy().astype(np.int64)
+            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+            done = terminated | truncated
+            train_terminated = _step_info(info, "train_terminated", done, terminated)
+            self.replay.add(self.obs, actions, reward, train_terminated, truncated, self.is_first)
+
+            self._episode_return += reward
+            self._episode_length += 1
+            for i in np.flatnonzero(done):
+                episode = {
+                    "return": float(self._episode_return[i]),
+                    "length": int(self._episode_length[i]),
+                    "env": int(i),
+                }
+                finished.append(episode)
+                self.last_return = episode["return"]
+            self.episodes += int(done.sum())
+            self._episode_return[done] = 0.0
+            self._episode_length[done] = 0
+            self.env_steps += self.num_envs
+            self.obs = next_obs  # for finished envs this is already the reset observation
+            self.is_first = done
+        return finished
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and RNG; the live envs cannot be saved, a resumed run starts new episodes."""
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "last_return": self.last_return,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env_steps = state["env_steps"]
+        self.episodes = state["episodes"]
+        self.last_return = state["last_return"]
+        self.rng.bit_generator.state = state["rng"]
+        self.obs = None  # next collect resets the envs
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _step_info(info: dict, key: str, done: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """``info[key]`` of this step; for finished envs it sits in ``final_info`` (SAME_STEP reset)."""
+    value = np.where(info.get(f"_{key}", False), info.get(key, default), default)
+    final = info.get("final_info", {})
+    if key in final:
+        value = np.where(done & final[f"_{key}"], final[key], value)
+    return value.astype(bool) | default  # a real termination is always stored as one

@@ -1,0 +1,235 @@
+"""DramaDataModule: owns the env(s), the replay buffer with DFS and the collector.
+
+``setup("fit")`` builds them and prefills the warm-up with random actions (Lightning fetches the
+first batch before ``on_train_start``). ``train_dataloader`` streams dict batches from an infinite
+``IterableDataset`` with ``num_workers=0`` (the replay lives in this process and keeps growing). The
+training loop steps the envs between updates through :meth:`DramaDataModule.collect`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_drama.data.collector import Collector, Policy
+from lightning_drama.data.replay import SAMPLING_MODES, ReplayBuffer
+from lightning_drama.envs import make_env
+
+
+class ReplayStream(IterableDataset):
+    """Endless batches: windows ``[B, L, ...]`` and imagination starts ``start_* [N, C, ...]``."""
+
+    def __init__(
+        self,
+        replay: ReplayBuffer,
+        batch_size: int,
+        seq_len: int,
+        imagine_batch: int,
+        imagine_context: int,
+    ):
+        self.replay = replay
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.imagine_batch = imagine_batch
+        self.imagine_context = imagine_context
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        windows = self.replay.sample(self.batch_size, self.seq_len)
+        starts = self.replay.sample_starts(self.imagine_batch, self.imagine_context)
+        batch = {key: torch.from_numpy(value) for key, value in windows.items()}
+        batch.update({f"start_{key}": torch.from_numpy(value) for key, value in starts.items()})
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield self.sample()
+
+
+class DramaDataModule(pl.LightningDataModule):
+    """Live Atari100k (or any image env) data for Drama.
+
+    Batch keys: ``obs`` uint8 [B, L, 64, 64, 3], ``action`` int64 [B, L], ``reward`` float32
+    [B, L], ``terminated``, ``truncated``, ``is_first`` bool [B, L] (B = batch_size, L = seq_len),
+    and the same keys prefixed ``start_`` with shape [N, C, ...] (N = imagine_batch,
+    C = imagine_context).
+
+    Args:
+        env_id: ``"ALE/<Game>-v5"``, a Gymnasium id or ``"package.module:ClassName"``
+            (see ``lightning_drama.envs.make_env``).
+        num_envs: environments stepped in parallel (per process); each writes its own replay stream.
+        capacity: replay rows in total; memory is about capacity x 12,288 bytes (100k = 1.2 GB).
+        warmup_steps: env steps of uniform random actions collected in ``setup`` before training.
+        total_env_steps: env-step budget of the run (Atari100k: 100,000); see ``budget_reached``.
+        env_steps_per_update: env steps taken by each :meth:`collect` call (Drama: one per
+            update).
+        batch_size: world-model windows per batch (B).
+        seq_len: rows per world-model window (L).
+        imagine_batch: imagination starts per batch (N).
+        imagine_context: rows of context per imagination start (C).
+        sampling: ``"dfs"`` (Dynamic Frequency-Based Sampling) or ``"uniform"`` (the paper's
+            ablation).
+        dfs_tau: DFS temperature of the world-model windows.
+        imagine_tau: DFS temperature of the imagination starts.
+        seed: base seed; each process adds ``rank * num_envs``, env i of a process gets its
+            seed + i.
+        env_options: keyword options of ``make_env`` (e.g. ``noop_max``,
+            ``repeat_action_probability``, ``life_loss_termination``).
+        replay_dir: when set, the replay arrays are memory-mapped ``.npy`` files in this directory.
+        asynchronous_envs: step several envs in subprocesses instead of in turn.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        capacity: int = 100_000,
+        warmup_steps: int = 1024,
+        total_env_steps: int = 100_000,
+        env_steps_per_update: int = 1,
+        batch_size: int = 16,
+        seq_len: int = 128,
+        imagine_batch: int = 1024,
+        imagine_context: int = 8,
+        sampling: str = "dfs",
+        dfs_tau: float = 10.0,
+        imagine_tau: float = 10.0,
+        seed: int = 0,
+        env_options: dict[str, Any] | None = None,
+        replay_dir: str | None = None,
+        asynchronous_envs: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLING_MODES}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        stream_capacity = capacity // num_envs
+        longest = max(seq_len, imagine_context)
+        if longest > stream_capacity:
+            raise ValueError(
+                f"seq_len ({seq_len}) and imagine_context ({imagine_context}) must fit in the "
+                f"replay: "
+                f"capacity {capacity} / num_envs {num_envs} = {stream_capacity} rows per env"
+            )
+        if warmup_steps // num_envs < longest:
+            raise ValueError(
+                f"warmup_steps ({warmup_steps}) must give every env at least "
+                f"max(seq_len, imagine_context) = {longest} steps to sample the first batch; "
+                f"raise warmup_steps to at least {longest * num_envs}"
+            )
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.capacity = capacity
+        self.warmup_steps = warmup_steps
+        self.total_env_steps = total_env_steps
+        self.env_steps_per_update = env_steps_per_update
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.imagine_batch = imagine_batch
+        self.imagine_context = imagine_context
+        self.sampling = sampling
+        self.dfs_tau = dfs_tau
+        self.imagine_tau = imagine_tau
+        self.seed = seed
+        self.env_options = dict(env_options or {})
+        self.replay_dir = replay_dir
+        self.asynchronous_envs = asynchronous_envs
+
+        # The CLI links num_actions into the model before setup: probe one env now (this also
+        # rejects a bad env id at construction).
+        probe = make_env(env_id, **self.env_options)
+        self.num_actions = int(probe.action_space.n)
+        probe.close()
+
+        self.replay: ReplayBuffer | None = None
+        self.collector: Collector | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.replay is not None:  # already built (setup may be called again by Lightning)
+            return
+        rank = self.rank
+        seed = self.seed + rank * self.num_envs
+        replay_dir = self.replay_dir
+        if replay_dir is not None and self.trainer is not None and self.trainer.world_size > 1:
+            replay_dir = os.path.join(replay_dir, f"rank_{rank}")
+        self.replay = ReplayBuffer(
+            self.capacity,
+            num_streams=self.num_envs,
+            sampling=self.sampling,
+            tau=self.dfs_tau,
+            imagine_tau=self.imagine_tau,
+            imagine_count_scale=self.batch_size / self.imagine_batch,
+            seed=seed,
+            directory=replay_dir,
+        )
+        rank_zero_info(
+            f"Replay: {self.capacity:,} rows, {self.replay.nbytes / 2**30:.2f} GiB per process "
+            f"({'memory-mapped in ' + replay_dir if replay_dir else 'in RAM'}), "
+            f"sampling={self.sampling}"
+        )
+        env_fn = partial(make_env, self.env_id, **self.env_options)
+        self.collector = Collector(
+            [env_fn] * self.num_envs, self.replay, seed=seed, asynchronous=self.asynchronous_envs
+        )
+        if self._pending_state is not None:  # restored before setup: no warm-up to redo
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+        else:
+            self.collector.collect(self.warmup_steps, policy=None)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.replay is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        stream = ReplayStream(
+            self.replay, self.batch_size, self.seq_len, self.imagine_batch, self.imagine_context
+        )
+        # batch_size=None: the stream yields whole batches; num_workers=0: the replay is live
+        return DataLoader(stream, batch_size=None, num_workers=0)
+
+    def collect(self, policy: Policy | None = None) -> list[dict[str, float]]:
+        """Take ``env_steps_per_update`` env steps with ``policy``; returns finished episodes."""
+        return self.collector.collect(self.env_steps_per_update, policy)
+
+    @property
+    def env_steps(self) -> int:
+        return self.collector.env_steps if self.collector is not None else 0
+
+    @property
+    def budget_reached(self) -> bool:
+        """True once ``total_env_steps`` env steps were taken (by this process)."""
+        return self.env_steps >= self.total_env_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, DFS counts and RNG states; not the frames (save them with ``replay.save``)."""
+        if self.replay is None:
+            return dict(self._pending_state or {})
+        return {
+            "replay": self.replay.state_dict(include_data=False),
+            "collector": self.collector.state_dict(),
+            "replay_dir": self.replay.directory,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.replay is None:
+            self._pending_state = state_dict
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self.replay.load_state_dict(state["replay"])
+        self.collector.load_state_dict(state["collector"])
