@@ -1,0 +1,233 @@
+"""Drama's actor-critic, trained only on imagined trajectories of the world model.
+
+Given `imagined = world_model.imagine(context, actor_critic.act, horizon)` (states s_0..s_H, and for
+k < H the action a_k with its outcome r_k, c_k = 1 - e_k):
+
+    V_k, V^slow_k            critic and slow (EMA) critic at s_k
+    G_k, G^slow_k            lambda-returns bootstrapped with V and with V^slow
+    S                        EMA of the 95th - 5th percentile of G (return scale)
+    actor loss  = -mean(log pi(a_k | s_k) * sg((G_k - V_k) / max(1, S))) - eta * mean(entropy)
+    critic loss = two-hot CE(V_k, sg(G_k)) + two-hot CE(V_k, sg(G^slow_k))
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from lightning_drama.distributions import symlog_bins, twohot_loss, twohot_mean
+from lightning_drama.networks import mlp
+from lightning_drama.returns import lambda_returns, percentile_range
+
+
+class RunningNorm(nn.Module):
+    """Normalises inputs by their running mean / variance over all inputs seen, clipped to +-clip.
+
+    The statistics live in fp64 buffers (checkpointed) and change only through `update`, which does
+    nothing in eval mode, so an evaluated or resumed agent sees exactly the training statistics.
+
+    Args:
+        dim: feature size.
+        clip: clip of the normalised values (10).
+        eps: added to the variance (1e-8).
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge the statistics of x [..., dim] (Chan et al.'s parallel mean / variance)."""
+        if not self.training:
+            return
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        n = x.shape[0]
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., dim] -> normalised and clipped, in x's dtype."""
+        mean, std = self.mean.to(x.dtype), (self.var + self.eps).sqrt().to(x.dtype)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+
+class Actor(nn.Module):
+    """Input normaliser -> layers x [Linear(hidden), RMSNorm, SiLU] -> action logits.
+
+    Orthogonal init with gain sqrt(2) for the hidden layers and 0.001 for the output layer
+    (CleanRL's `layer_init(std=...)`), so the initial policy is almost uniform.
+    """
+
+    def __init__(
+        self, state_dim: int, num_actions: int, hidden: int = 256, layers: int = 3
+    ) -> None:
+        super().__init__()
+        self.norm = RunningNorm(state_dim)
+        self.net = mlp(state_dim, hidden, layers)
+        self.out = nn.Linear(hidden, num_actions)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight, math.sqrt(2))
+                nn.init.zeros_(m.bias)
+        nn.init.orthogonal_(self.out.weight, 0.001)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """state: [..., state_dim] -> logits [..., num_actions] (fp32)."""
+        return self.out(self.net(self.norm(state.float()))).float()
+
+
+class Critic(nn.Module):
+    """layers x [Linear(hidden), RMSNorm, SiLU] -> two-hot logits over symlog bins.
+
+    The output layer starts at zero, so V = 0 exactly before training (DreamerV3).
+    """
+
+    def __init__(
+        self, state_dim: int, hidden: int = 512, layers: int = 3, num_bins: int = 255
+    ) -> None:
+        super().__init__()
+        self.net = mlp(state_dim, hidden, layers)
+        self.out = nn.Linear(hidden, num_bins)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """state: [..., state_dim] -> bin logits [..., num_bins] (fp32)."""
+        return self.out(self.net(state.float())).float()
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic and return scale with the imagination-training loss.
+
+    Args:
+        num_actions: size of the discrete action space.
+        state_dim: size of the policy state [z, d] (32 * 32 + 512 = 1536).
+        actor_hidden: actor MLP width (256).
+        actor_layers: actor hidden layers (3).
+        critic_hidden: critic MLP width (512).
+        critic_layers: critic hidden layers (3).
+        num_bins: two-hot bins of the critic (255).
+        bin_range: the bins span [-bin_range, bin_range] in symlog space (20).
+        gamma: discount (0.985).
+        lam: lambda of the lambda-returns (0.95).
+        entropy_coef: weight of the policy entropy bonus (3e-4).
+        slow_critic_decay: EMA decay of the slow critic per `update_slow_critic` (0.98).
+        return_scale_decay: EMA decay of the return scale S (0.99).
+        percentiles: low and high percentile of the returns spanned by S (0.05, 0.95).
+        grad_clip: gradient-norm clip the training module applies to the actor-critic (100).
+    """
+
+    def __init__(
+        self,
+        num_actions: int,
+        state_dim: int = 1536,
+        actor_hidden: int = 256,
+        actor_layers: int = 3,
+        critic_hidden: int = 512,
+        critic_layers: int = 3,
+        num_bins: int = 255,
+        bin_range: float = 20.0,
+        gamma: float = 0.985,
+        lam: float = 0.95,
+        entropy_coef: float = 3e-4,
+        slow_critic_decay: float = 0.98,
+        return_scale_decay: float = 0.99,
+        percentiles: tuple[float, float] = (0.05, 0.95),
+        grad_clip: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+        self.gamma, self.lam, self.entropy_coef = gamma, lam, entropy_coef
+        self.slow_critic_decay, self.return_scale_decay = slow_critic_decay, return_scale_decay
+        self.percentiles = percentiles
+        self.grad_clip = grad_clip
+        self.actor = Actor(state_dim, num_actions, actor_hidden, actor_layers)
+        self.critic = Critic(state_dim, critic_hidden, critic_layers, num_bins)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("return_scale", torch.zeros(()))
+        self.register_buffer("bins", symlog_bins(num_bins, -bin_range, bin_range), persistent=False)
+
+    def policy(self, state: torch.Tensor) -> Categorical:
+        """state: [..., state_dim] -> Categorical over actions."""
+        return Categorical(logits=self.actor(state))
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """state: [N, state_dim] -> action [N] int64, sampled (or the most likely one if greedy)."""
+        logits = self.actor(state)
+        return logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
+
+    def value(self, state: torch.Tensor, slow: bool = False) -> torch.Tensor:
+        """state: [..., state_dim] -> V(s) [...] of the critic (or the slow critic)."""
+        return twohot_mean((self.slow_critic if slow else self.critic)(state), self.bins)
+
+    def loss(
+        self, imagined: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Actor + critic loss on an imagined batch (the dict returned by `WorldModel.imagine`).
+
+        imagined: `states` [N, H+1, S], `actions` [N, H], `rewards` [N, H], `cont` [N, H].
+        In train mode this also updates the actor's input normaliser and the return scale S
+        (buffers).
+        Returns `(actor_loss + critic_loss, stats)` with detached scalar stats: `actor`, `critic`,
+        `entropy`, `return` (mean G), `value` (mean V), `return_scale` (S), `advantage_abs`.
+        """
+        states = imagined["states"].detach().float()  # [N, H+1, S]
+        actions, rewards, cont = imagined["actions"], imagined["rewards"], imagined["cont"]
+        horizon = actions.shape[1]
+
+        critic_logits = self.critic(states)  # [N, H+1, K]
+        value = twohot_mean(critic_logits, self.bins)  # [N, H+1]
+        with torch.no_grad():
+            slow_value = self.value(states, slow=True)
+            returns = lambda_returns(rewards, cont, value.detach(), self.gamma, self.lam)  # [N, H]
+            slow_returns = lambda_returns(rewards, cont, slow_value, self.gamma, self.lam)
+            if self.training:
+                decay = self.return_scale_decay
+                spread = percentile_range(returns, *self.percentiles)
+                self.return_scale.mul_(decay).add_((1.0 - decay) * spread)
+            advantage = (returns - value[:, :horizon].detach()) / self.return_scale.clamp(min=1.0)
+
+        self.actor.norm.update(states)
+        dist = self.policy(states[:, :horizon])  # batch [N, H]
+        entropy = dist.entropy()
+        actor_loss = (
+            -(dist.log_prob(actions) * advantage).mean() - self.entropy_coef * entropy.mean()
+        )
+        critic_loss = (
+            twohot_loss(critic_logits[:, :horizon], returns, self.bins)
+            + twohot_loss(critic_logits[:, :horizon], slow_returns, self.bins)
+        ).mean()
+        stats = {
+            "actor": actor_loss.detach(),
+            "critic": critic_loss.detach(),
+            "entropy": entropy.detach().mean(),
+            "return": returns.mean(),
+            "value": value.detach().mean(),
+            "return_scale": self.return_scale.clone(),
+            "advantage_abs": advantage.abs().mean(),
+        }
+        return actor_loss + critic_loss, stats
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """slow <- decay * slow + (1 - decay) * critic, once per actor-critic update."""
+        for slow, online in zip(
+            self.slow_critic.parameters(), self.critic.parameters(), strict=True
+        ):
+            slow.lerp_(online, 1.0 - self.slow_critic_decay)

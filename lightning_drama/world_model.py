@@ -1,0 +1,359 @@
+"""Drama's world model: a discrete-latent VAE whose dynamics are a Mamba-2 sequence model.
+
+Time alignment (replay row t holds o_t, the action a_t taken after seeing o_t, its reward r_t and
+termination flag e_t):
+
+    z_t  ~ posterior(encoder(o_t))              32 categoricals x 32 classes, straight-through
+    d_t  = backbone(stem([z_t, onehot(a_t)]))   causal over t, reset where is_first[t]
+    d_t  -> reward r_t, termination e_t, prior of z_{t+1}
+    o_t  <- decoder(z_t)
+
+The policy state is s_t = [z_t, d_{t-1}]: the current latent and the sequence feature that
+predicted it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_drama.distributions import (
+    categorical_entropy,
+    categorical_kl,
+    kl_free_bits,
+    masked_mean,
+    sample_straight_through,
+    symlog_bins,
+    twohot_loss,
+    twohot_mean,
+    unimix_logits,
+)
+from lightning_drama.networks import Decoder, Encoder, mlp
+from lightning_drama.ssm import Mamba2Backbone, RMSNorm
+
+Policy = Callable[[torch.Tensor], torch.Tensor]  # policy state [N, S] -> action int64 [N]
+
+
+class WorldModel(nn.Module):
+    """Encoder, categorical latents, Mamba-2 dynamics, reward / termination heads and decoder.
+
+    Args:
+        num_actions: size of the discrete action space A.
+        encoder_channels: conv channels of the encoder; the decoder mirrors them
+            (paper: 16, 32, 48, 64, 64).
+        image_size: frames are `[image_size, image_size, 3]` uint8 (64).
+        stoch: number of categorical latents (32).
+        classes: classes per categorical latent (32).
+        unimix: uniform mixture of the latent distributions (0.01).
+        d_model: width of the sequence model (512).
+        n_layers: Mamba-2 layers (2).
+        d_state: SSM state size per head (16).
+        d_conv: causal conv kernel of the Mamba-2 layer (4).
+        expand: inner width = expand * d_model (2).
+        headdim: Mamba-2 head size (64).
+        ngroups: B/C groups (1).
+        chunk_size: SSD chunk length (64).
+        dropout: dropout on the backbone's residual adds (0.1).
+        head_hidden: hidden width of the reward and termination heads (256).
+        num_bins: two-hot bins of the reward head (255).
+        bin_range: the bins span [-bin_range, bin_range] in symlog space (20).
+        free_bits: KL free bits in nats (1.0).
+        dyn_scale: weight of the dynamics KL, KL(sg(post) || prior) (1.0).
+        rep_scale: weight of the representation KL, KL(post || sg(prior)) (0.1).
+        grad_clip: gradient-norm clip the training module applies to this model (1000).
+    """
+
+    def __init__(
+        self,
+        num_actions: int,
+        encoder_channels: Sequence[int] = (16, 32, 48, 64, 64),
+        image_size: int = 64,
+        stoch: int = 32,
+        classes: int = 32,
+        unimix: float = 0.01,
+        d_model: int = 512,
+        n_layers: int = 2,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        dropout: float = 0.1,
+        head_hidden: int = 256,
+        num_bins: int = 255,
+        bin_range: float = 20.0,
+        free_bits: float = 1.0,
+        dyn_scale: float = 1.0,
+        rep_scale: float = 0.1,
+        grad_clip: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        if num_actions < 1:
+            raise ValueError(f"WorldModel: num_actions must be >= 1, got {num_actions}")
+        if image_size % 2 ** (len(encoder_channels) - 1):
+            raise ValueError(
+                f"WorldModel: image_size {image_size} must be divisible by "
+                f"2^{len(encoder_channels) - 1} (one stride-2 conv per encoder layer but the first)"
+            )
+        self.num_actions = num_actions
+        self.image_size = image_size
+        self.stoch, self.classes = stoch, classes
+        self.latent_dim = stoch * classes
+        self.d_model = d_model
+        self.state_dim = self.latent_dim + d_model  # policy state [z_t, d_{t-1}]
+        self.unimix = unimix
+        self.free_bits, self.dyn_scale, self.rep_scale = free_bits, dyn_scale, rep_scale
+        self.grad_clip = grad_clip
+
+        self.encoder = Encoder(encoder_channels, image_size)
+        self.posterior = nn.Linear(self.encoder.out_dim, self.latent_dim)
+        self.decoder = Decoder(self.latent_dim, tuple(reversed(encoder_channels)), image_size)
+        self.stem = nn.Sequential(
+            nn.Linear(self.latent_dim + num_actions, d_model), RMSNorm(d_model), nn.SiLU()
+        )
+        self.backbone = Mamba2Backbone(
+            d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
+            ngroups=ngroups, chunk_size=chunk_size, dropout=dropout,
+        )  # fmt: skip
+        self.prior = nn.Linear(d_model, self.latent_dim)
+        self.reward_head = nn.Sequential(
+            mlp(d_model, head_hidden, 1), nn.Linear(head_hidden, num_bins)
+        )
+        self.termination_head = nn.Sequential(
+            mlp(d_model, head_hidden, 1), nn.Linear(head_hidden, 1)
+        )
+        # Zero output layers: the reward prediction starts at exactly 0 (DreamerV3).
+        nn.init.zeros_(self.reward_head[-1].weight)
+        nn.init.zeros_(self.reward_head[-1].bias)
+        self.register_buffer("bins", symlog_bins(num_bins, -bin_range, bin_range), persistent=False)
+
+    # ------------------------------------------------------------------------------ pieces
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs: [..., H, W, 3] uint8 -> posterior log-probs [..., stoch, classes] (fp32, unimix)."""
+        logits = self.posterior(self.encoder(obs))
+        return unimix_logits(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
+
+    def prior_logits(self, d: torch.Tensor) -> torch.Tensor:
+        """d_t: [..., d_model] -> prior log-probs of z_{t+1} [..., stoch, classes] (fp32)."""
+        logits = self.prior(d)
+        return unimix_logits(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., stoch, classes] -> flat straight-through one-hot sample [..., stoch * classes]."""
+        return sample_straight_through(logits).flatten(-2)
+
+    def sequence_input(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """z: [..., latent_dim], action: [...] int64 -> stem([z, onehot(a)]) [..., d_model]."""
+        a = F.one_hot(action, self.num_actions).to(z.dtype)
+        return self.stem(torch.cat([z, a], -1))
+
+    def predict_reward(self, d: torch.Tensor) -> torch.Tensor:
+        """d_t: [..., d_model] -> predicted reward r_t [...] (fp32)."""
+        return twohot_mean(self.reward_head(d), self.bins)
+
+    def predict_termination(self, d: torch.Tensor) -> torch.Tensor:
+        """d_t: [..., d_model] -> termination logit of e_t [...]."""
+        return self.termination_head(d).squeeze(-1)
+
+    # ------------------------------------------------------------------------------- training
+
+    def loss(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """World-model loss on a replay window.
+
+        batch: `obs` [B, L, H, W, 3] uint8, `action` [B, L] int64, `reward` [B, L] float,
+        `terminated` [B, L] bool, `is_first` [B, L] bool (the module docstring gives the alignment).
+
+        Returns `(total, parts)`; total = recon + reward + cont + dyn_scale * dyn + rep_scale * rep.
+        parts (detached scalars): `recon` (squared error summed over C, H, W, mean over B, L),
+        `reward` and `cont` (two-hot CE, BCE of the termination head), `dyn` and `rep` (free-bits
+        losses), `kl` (raw mean KL over unmasked steps), `post_entropy`, `prior_entropy`,
+        `reward_mae`, `cont_accuracy`; and (detached) the posterior sample `z` [B, L, latent_dim]
+        and the features `d` [B, L, d_model] for callers that want them.
+        """
+        obs, action = batch["obs"], batch["action"]
+        reward, terminated, is_first = batch["reward"], batch["terminated"], batch["is_first"]
+
+        post = self.encode(obs)  # [B, L, S, C]
+        z = self.sample(post)  # [B, L, S*C]
+
+        target = (
+            obs.permute(0, 1, 4, 2, 3).float() / 255.0
+        )  # [B, L, 3, H, W], channels_last strides
+        recon = torch.sigmoid(self.decoder(z).float())  # squared error in fp32 even under autocast
+        recon_loss = (recon - target).square().sum((-3, -2, -1)).mean()
+
+        d, _ = self.backbone(self.sequence_input(z, action), reset=is_first)  # [B, L, D]
+        prior = self.prior_logits(d)  # [B, L, S, C]: prior of z_{t+1}
+
+        reward_logits = self.reward_head(d)  # [B, L, K]
+        reward_loss = twohot_loss(reward_logits, reward, self.bins).mean()
+        term_logit = self.predict_termination(d).float()  # [B, L]
+        cont_loss = F.binary_cross_entropy_with_logits(term_logit, terminated.float())
+
+        # prior_t predicts post_{t+1}, except where a new episode starts at t+1.
+        mask = ~is_first[:, 1:]  # [B, L-1]
+        kl_dyn = categorical_kl(post[:, 1:].detach(), prior[:, :-1])  # [B, L-1]
+        kl_rep = categorical_kl(post[:, 1:], prior[:, :-1].detach())
+        dyn_loss, kl = kl_free_bits(kl_dyn, self.free_bits, mask)
+        rep_loss, _ = kl_free_bits(kl_rep, self.free_bits, mask)
+
+        total = recon_loss + reward_loss + cont_loss + self.dyn_scale * dyn_loss
+        total = total + self.rep_scale * rep_loss
+        with torch.no_grad():
+            parts = {
+                "recon": recon_loss.detach(),
+                "reward": reward_loss.detach(),
+                "cont": cont_loss.detach(),
+                "dyn": dyn_loss.detach(),
+                "rep": rep_loss.detach(),
+                "kl": kl.detach(),
+                "post_entropy": categorical_entropy(post).sum(-1).mean(),
+                "prior_entropy": masked_mean(categorical_entropy(prior[:, :-1]).sum(-1), mask),
+                "reward_mae": (twohot_mean(reward_logits, self.bins) - reward).abs().mean(),
+                "cont_accuracy": ((term_logit > 0) == terminated).float().mean(),
+                "z": z.detach(),
+                "d": d.detach(),
+            }
+        return total, parts
+
+    # ---------------------------------------------------------------------------- imagination
+
+    @torch.no_grad()
+    def imagine(
+        self, context: Mapping[str, torch.Tensor], policy: Policy, horizon: int = 16
+    ) -> dict[str, torch.Tensor]:
+        """Roll the model out from real contexts with `policy`, without gradients.
+
+        context: `start_obs` [N, C, H, W, 3] uint8, `start_action` [N, C] int64, `start_is_first`
+        [N, C] bool (other `start_*` keys are ignored). policy: state [N, state_dim] -> action [N].
+
+        The context is encoded to posterior samples z^c_0..z^c_{C-1} and run through the backbone
+        in parallel with the stored actions and `reset=start_is_first`, giving d_{C-1}: the feature
+        after the last context frame and its action. Then, writing d_{-1} := d_{C-1}:
+
+            z_0 ~ prior(d_{-1});  s_0 = [z_0, d_{-1}]
+            for k = 0..horizon-1:
+                a_k ~ policy(s_k);  d_k = backbone.step(stem([z_k, a_k]))
+                r_k, e_k from d_k (the outcome of a_k)
+                z_{k+1} ~ prior(d_k);  s_{k+1} = [z_{k+1}, d_k]
+
+        Returns a dict of fp32 / int64 tensors: `states` [N, horizon+1, state_dim] (s_0..s_H),
+        `actions` [N, horizon], `rewards` [N, horizon] (predicted mean), `terminations` [N, horizon]
+        (1.0 where the termination logit is > 0), `cont` = 1 - terminations. Index k of actions,
+        rewards and terminations belongs together. Runs with the model in eval mode (BatchNorm
+        running statistics, no dropout) and restores the previous mode.
+        """
+        obs, action, is_first = (
+            context["start_obs"],
+            context["start_action"],
+            context["start_is_first"],
+        )
+        with self._eval_mode():
+            z_ctx = self.sample(self.encode(obs))  # [N, C, S*C]
+            d_ctx, state = self.backbone(self.sequence_input(z_ctx, action), reset=is_first)
+            d = d_ctx[:, -1]  # d_{C-1}: [N, D]
+            z = self.sample(self.prior_logits(d))  # z_0
+            states, actions, rewards, term_logits = [torch.cat([z, d.to(z.dtype)], -1)], [], [], []
+            for _ in range(horizon):
+                a = policy(states[-1])  # [N]
+                d, state = self.backbone.step(self.sequence_input(z, a), state)
+                z = self.sample(self.prior_logits(d))
+                states.append(torch.cat([z, d.to(z.dtype)], -1))
+                actions.append(a)
+                rewards.append(self.predict_reward(d))
+                term_logits.append(self.predict_termination(d).float())
+        terminations = (torch.stack(term_logits, 1) > 0).float()
+        return {
+            "states": torch.stack(states, 1).float(),
+            "actions": torch.stack(actions, 1),
+            "rewards": torch.stack(rewards, 1),
+            "terminations": terminations,
+            "cont": 1.0 - terminations,
+        }
+
+    # ------------------------------------------------------------------------ real environment
+
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """State for `observe`: `(z_prev [N, latent_dim], *backbone_state)`, batch dim first."""
+        z = torch.zeros(batch_size, self.latent_dim, device=device)
+        return (z, *self.backbone.initial_state(batch_size, device=device))
+
+    @torch.no_grad()
+    def observe(
+        self,
+        obs: torch.Tensor,
+        prev_action: torch.Tensor,
+        is_first: torch.Tensor,
+        state: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One real-environment step in O(1): the policy input for o_t and the new recurrent state.
+
+        obs: o_t [N, H, W, 3] uint8; prev_action: a_{t-1} [N] int64 (ignored where is_first);
+        is_first: [N] bool; state: `(z_{t-1}, *backbone_state)` from the previous call (None =
+        start, every row is treated as is_first).
+
+        d_{t-1} = backbone.step(stem([z_{t-1}, a_{t-1}])); z_t ~ posterior(o_t); returns
+        `policy_input = [z_t, d_{t-1}]` [N, state_dim] and the state `(z_t, *backbone_state)`.
+        At an episode start there is no previous step: d_{-1} = 0 and the backbone state is reset,
+        so the next step computes d_t from a fresh state exactly like a training window with
+        `reset=is_first`. Runs in eval mode (BatchNorm running statistics, no dropout).
+        """
+        n = obs.shape[0]
+        if state is None:
+            state = self.initial_state(n, obs.device)
+            is_first = torch.ones(n, dtype=torch.bool, device=obs.device)
+        z_prev, *backbone_state = state
+        with self._eval_mode():
+            d, backbone_state = self.backbone.step(
+                self.sequence_input(z_prev, prev_action.clamp(0, self.num_actions - 1)),
+                tuple(backbone_state),
+            )
+            fresh = self.backbone.initial_state(n, device=obs.device)
+            backbone_state = tuple(
+                torch.where(is_first.view(-1, *[1] * (s.dim() - 1)), f.to(s.dtype), s)
+                for s, f in zip(backbone_state, fresh, strict=True)
+            )
+            d = torch.where(is_first[:, None], 0.0, d.float())
+            z = self.sample(self.encode(obs)).float()
+        return torch.cat([z, d], -1), (z, *backbone_state)
+
+    # ---------------------------------------------------------------------------------- misc
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part (the paper's breakdown) and in total."""
+
+        def count(*modules: nn.Module) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        counts = {
+            "encoder": count(self.encoder),
+            "decoder": count(self.decoder),
+            "latent_heads": count(self.posterior, self.prior),
+            "reward": count(self.reward_head),
+            "termination": count(self.termination_head),
+            "sequence_model": count(self.stem, self.backbone),
+        }
+        counts["total"] = sum(counts.values())
+        if counts["total"] != count(self):
+            raise AssertionError("WorldModel.parameter_counts misses a submodule")
+        return counts
+
+    @contextmanager
+    def _eval_mode(self):
+        modes = {m: m.training for m in self.modules()}
+        self.eval()
+        try:
+            yield
+        finally:
+            for m, training in modes.items():
+                m.train(training)
