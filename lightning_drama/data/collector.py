@@ -43,11 +43,16 @@ class Collector:
     ):
         if replay.num_streams != len(env_fns):
             raise ValueError(f"replay has {replay.num_streams} streams for {len(env_fns)} envs")
-        vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-        # SAME_STEP: a finished env is reset inside the same step(), so every step is a real one
-        self.envs = vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        if len(env_fns) == 1 and not asynchronous:
+            self.envs = _SingleEnv(env_fns[0]())  # skips the vector env's per-step bookkeeping
+        else:
+            vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+            # SAME_STEP: a finished env is reset inside the same step(), so every step is a real one
+            self.envs = _VectorEnv(
+                vector_cls(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            )
         self.num_envs = len(env_fns)
-        self.num_actions = int(self.envs.single_action_space.n)
+        self.num_actions = int(self.envs.action_space.n)
         self.replay = replay
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -63,7 +68,7 @@ class Collector:
     def reset(self) -> None:
         """Start new episodes in all envs (done automatically on the first ``collect``)."""
         # after a resume, env_steps > 0 gives fresh but reproducible seeds
-        self.obs, _ = self.envs.reset(seed=self.seed + self.env_steps)
+        self.obs = self.envs.reset(seed=self.seed + self.env_steps)
         self.is_first[:] = True
         self.policy_state = None
         self._episode_return[:] = 0.0
@@ -85,24 +90,24 @@ class Collector:
                 obs, is_first = torch.from_numpy(self.obs), torch.from_numpy(self.is_first)
                 actions, self.policy_state = policy(obs, is_first, self.policy_state)
                 actions = actions.cpu().numpy().astype(np.int64)
-            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+            next_obs, reward, terminated, truncated, train_terminated = self.envs.step(actions)
             done = terminated | truncated
-            train_terminated = _step_info(info, "train_terminated", done, terminated)
             self.replay.add(self.obs, actions, reward, train_terminated, truncated, self.is_first)
 
             self._episode_return += reward
             self._episode_length += 1
-            for i in np.flatnonzero(done):
-                episode = {
-                    "return": float(self._episode_return[i]),
-                    "length": int(self._episode_length[i]),
-                    "env": int(i),
-                }
-                finished.append(episode)
-                self.last_return = episode["return"]
-            self.episodes += int(done.sum())
-            self._episode_return[done] = 0.0
-            self._episode_length[done] = 0
+            if done.any():
+                for i in np.flatnonzero(done):
+                    episode = {
+                        "return": float(self._episode_return[i]),
+                        "length": int(self._episode_length[i]),
+                        "env": int(i),
+                    }
+                    finished.append(episode)
+                    self.last_return = episode["return"]
+                self.episodes += int(done.sum())
+                self._episode_return[done] = 0.0
+                self._episode_length[done] = 0
             self.env_steps += self.num_envs
             self.obs = next_obs  # for finished envs this is already the reset observation
             self.is_first = done
@@ -128,10 +133,57 @@ class Collector:
         self.envs.close()
 
 
-def _step_info(info: dict, key: str, done: np.ndarray, default: np.ndarray) -> np.ndarray:
-    """``info[key]`` of this step; for finished envs it sits in ``final_info`` (SAME_STEP reset)."""
-    value = np.where(info.get(f"_{key}", False), info.get(key, default), default)
-    final = info.get("final_info", {})
-    if key in final:
-        value = np.where(done & final[f"_{key}"], final[key], value)
-    return value.astype(bool) | default  # a real termination is always stored as one
+class _VectorEnv:
+    """A Gymnasium vector env (SAME_STEP autoreset) that also returns the stored terminations."""
+
+    def __init__(self, envs: gym.vector.VectorEnv):
+        self.envs = envs
+        self.action_space = envs.single_action_space
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.envs.reset(seed=seed)[0]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """-> next obs (reset obs where done), reward, terminated, truncated, train_terminated."""
+        obs, reward, terminated, truncated, info = self.envs.step(actions)
+        done = terminated | truncated
+        # for finished envs this step's info sits in final_info (info holds the reset's)
+        train_terminated = np.where(
+            info.get("_train_terminated", False), info.get("train_terminated", False), False
+        )
+        final = info.get("final_info", {})
+        if "train_terminated" in final:
+            mask = done & final["_train_terminated"]
+            train_terminated = np.where(mask, final["train_terminated"], train_terminated)
+        # a real termination is always stored as one
+        return obs, reward, terminated, truncated, train_terminated.astype(bool) | terminated
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class _SingleEnv:
+    """One env with the same batched interface as :class:`_VectorEnv`."""
+
+    def __init__(self, env: gym.Env):
+        self.env = env
+        self.action_space = env.action_space
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.env.reset(seed=seed)[0][None]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        obs, reward, terminated, truncated, info = self.env.step(int(actions[0]))
+        train_terminated = info.get("train_terminated", False) or terminated
+        if terminated or truncated:
+            obs, _ = self.env.reset()
+        return (
+            obs[None],
+            np.array([reward], np.float32),
+            np.array([terminated]),
+            np.array([truncated]),
+            np.array([train_terminated]),
+        )
+
+    def close(self) -> None:
+        self.env.close()

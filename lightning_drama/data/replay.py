@@ -153,7 +153,7 @@ class ReplayBuffer:
         """Probability of each valid start to be drawn as a world-model window start. [S] float64"""
         if self.sampling == "uniform":
             return np.full(len(starts), 1.0 / len(starts))
-        return _softmax(-self.n_counts[starts] / self.tau)
+        return _softmax(self._window_logits(starts))
 
     def start_probs(self, starts: np.ndarray) -> np.ndarray:
         """Probability of each valid start to be drawn as an imagination start. [S] float64"""
@@ -161,14 +161,19 @@ class ReplayBuffer:
             return np.full(len(starts), 1.0 / len(starts))
         return _softmax(self._start_logits(starts))
 
+    # float32 logits: sampling 100k starts per batch is memory-bound, and 24 bits are plenty
+    def _window_logits(self, starts: np.ndarray) -> np.ndarray:
+        return self.n_counts[starts].astype(np.float32) * np.float32(-1.0 / self.tau)
+
     def _start_logits(self, starts: np.ndarray) -> np.ndarray:
-        m_scaled = self.m_counts[starts] * self.imagine_count_scale
-        return np.minimum(0.0, self.n_counts[starts] - m_scaled) / self.imagine_tau
+        m_scaled = self.m_counts[starts].astype(np.float32) * np.float32(self.imagine_count_scale)
+        score = np.minimum(self.n_counts[starts].astype(np.float32) - m_scaled, 0.0)
+        return score * np.float32(1.0 / self.imagine_tau)
 
     def sample(self, batch: int, length: int) -> dict[str, np.ndarray]:
         """World-model windows: each field ``[batch, length, ...]``; counts n of the starts += 1."""
         starts = self.valid_starts(length)
-        logits = -self.n_counts[starts] / self.tau if self.sampling == "dfs" else None
+        logits = self._window_logits(starts) if self.sampling == "dfs" else None
         chosen = starts[self._draw(logits, len(starts), batch, length)]
         np.add.at(self.n_counts, chosen, 1)
         return self._gather(chosen, length)
@@ -195,7 +200,7 @@ class ReplayBuffer:
             return self.rng.choice(num_valid, size=k, replace=False)
         # Gumbel-top-k: the k largest logits - log(Exp(1)) are a draw without replacement
         # proportional to exp(logits)
-        keys = logits - np.log(self.rng.standard_exponential(num_valid))
+        keys = logits - np.log(self.rng.standard_exponential(num_valid, dtype=np.float32))
         if k == num_valid:
             return np.argsort(-keys)
         top = np.argpartition(-keys, k - 1)[:k]
@@ -269,6 +274,7 @@ class ReplayBuffer:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
     w = np.exp(logits - logits.max())
     return w / w.sum()
 
