@@ -2,6 +2,7 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from lightning_drama.data.collector import Collector
@@ -85,15 +86,17 @@ def test_env_i_is_seeded_with_seed_plus_i():
         np.testing.assert_array_equal(replay.data["obs"][10 * i], obs)
 
 
-def test_life_loss_is_stored_as_termination_when_asked():
+@pytest.mark.parametrize("num_envs", [1, 2])  # plain env / Gymnasium vector env
+def test_life_loss_is_stored_as_termination_when_asked(num_envs):
     for life_loss_termination, expected in [(True, [1, 3, 4]), (False, [4])]:
         collector, replay = make_collector(
-            episode_length=5, lives=3, life_loss_termination=life_loss_termination
+            num_envs, episode_length=5, lives=3, life_loss_termination=life_loss_termination
         )
-        collector.collect(6)
-        assert np.flatnonzero(replay.data["terminated"][:6]).tolist() == expected
-        assert np.flatnonzero(replay.data["is_first"][:6]).tolist() == [0, 5]
-        assert collector.episodes == 1
+        collector.collect(6 * num_envs)
+        for row in range(0, 10 * num_envs, 10):
+            assert np.flatnonzero(replay.data["terminated"][row : row + 6]).tolist() == expected
+            assert np.flatnonzero(replay.data["is_first"][row : row + 6]).tolist() == [0, 5]
+        assert collector.episodes == num_envs
 
 
 def test_state_dict_restores_counters_and_random_actions():

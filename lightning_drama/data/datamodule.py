@@ -201,6 +201,8 @@ class DramaDataModule(pl.LightningDataModule):
 
     def collect(self, policy: Policy | None = None) -> list[dict[str, float]]:
         """Take ``env_steps_per_update`` env steps with ``policy``; returns finished episodes."""
+        if self.collector is None:
+            raise RuntimeError("call setup('fit') before collect()")
         return self.collector.collect(self.env_steps_per_update, policy)
 
     @property
