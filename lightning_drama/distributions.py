@@ -26,7 +26,9 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 
 def symlog_bins(num_bins: int = 255, low: float = -20.0, high: float = 20.0) -> torch.Tensor:
     """Bin centres evenly spaced in symlog space: `[num_bins]` fp32 (paper: 255 in [-20, 20])."""
-    return torch.linspace(low, high, num_bins, dtype=torch.float32)
+    # Computed in fp64 so that the middle bin is exactly 0 (fp32 linspace gives 7e-8).
+    steps = torch.arange(num_bins, dtype=torch.float64) / (num_bins - 1)
+    return (low + (high - low) * steps).float()
 
 
 def twohot_encode(y: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:

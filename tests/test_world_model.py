@@ -1,0 +1,244 @@
+"""WorldModel: losses, imagination, episode boundaries, the O(1) acting path, size, bf16."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_drama.optim import LaProp
+from lightning_drama.world_model import WorldModel
+
+SMALL = dict(
+    encoder_channels=(4, 8, 8, 8, 8),
+    stoch=8,
+    classes=8,
+    d_model=64,
+    n_layers=1,
+    headdim=16,
+    chunk_size=16,
+    head_hidden=32,
+)
+
+
+def small_model(num_actions: int = 3, seed: int = 0, **kwargs) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(num_actions, **{**SMALL, **kwargs})
+
+
+def synthetic_batch(
+    batch: int = 4, length: int = 32, num_actions: int = 3, seed: int = 0, size: int = 64
+):
+    """A bright square moving over a dark frame; reward 1 for action 1, episode ends on action 2."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.zeros(batch, length, size, size, 3, dtype=torch.uint8)
+    start = torch.randint(0, size, (batch,), generator=g)
+    side = size // 4
+    for b in range(batch):
+        for t in range(length):
+            x = (int(start[b]) + t) % (size - side)
+            obs[b, t, side : 2 * side, x : x + side, b % 3] = 255
+    action = torch.randint(0, num_actions, (batch, length), generator=g)
+    is_first = torch.zeros(batch, length, dtype=torch.bool)
+    is_first[:, 0] = True
+    return {
+        "obs": obs,
+        "action": action,
+        "reward": (action == 1).float(),
+        "terminated": action == 2,
+        "is_first": is_first,
+    }
+
+
+def mode_sample(model: WorldModel) -> None:
+    """Replace sampling by the distribution's mode, to compare two computations exactly."""
+    model.sample = lambda logits: F.one_hot(logits.argmax(-1), logits.shape[-1]).float().flatten(-2)
+
+
+def context_of(batch, length: int = 8):
+    return {
+        "start_obs": batch["obs"][:, :length],
+        "start_action": batch["action"][:, :length],
+        "start_reward": batch["reward"][:, :length],
+        "start_terminated": batch["terminated"][:, :length],
+        "start_is_first": batch["is_first"][:, :length],
+    }
+
+
+def test_loss_parts_and_shapes():
+    model = small_model()
+    batch = synthetic_batch(2, 8)
+    total, parts = model.loss(batch)
+    expected = parts["recon"] + parts["reward"] + parts["cont"] + parts["dyn"] + 0.1 * parts["rep"]
+    torch.testing.assert_close(total.detach(), expected)
+    assert parts["dyn"] >= 1.0 and parts["rep"] >= 1.0  # free bits
+    assert parts["z"].shape == (2, 8, 64) and parts["d"].shape == (2, 8, 64)
+    # Reward head starts at exactly 0: its loss is the two-hot CE of a uniform head, log(255).
+    assert parts["reward"].item() == pytest.approx(torch.log(torch.tensor(255.0)).item(), rel=1e-5)
+    total.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "backbone" not in n)
+
+
+def test_overfits_a_fixed_batch():
+    # 32x32 frames (one stride-2 conv fewer) keep this under a few seconds on 2 CPU cores.
+    model = small_model(encoder_channels=(4, 8, 8, 8), image_size=32)
+    batch = synthetic_batch(4, 32, size=32)
+    opt = LaProp(model.parameters(), lr=1e-3, eps=1e-8)
+    first = None
+    for _ in range(200):
+        total, _ = model.loss(batch)
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
+        opt.step()
+        first = first if first is not None else total.item()
+        if total.item() <= 0.5 * first:
+            break
+    assert total.item() <= 0.5 * first, (first, total.item())
+
+
+def test_imagine_starts_from_the_state_of_a_full_forward_over_the_context():
+    model = small_model()
+    mode_sample(model)
+    batch = synthetic_batch(3, 12)
+    ctx = context_of(batch, 8)
+    ctx["start_is_first"][1, 4] = True  # a boundary inside one context
+    a_imagined = torch.tensor([[2, 0, 1], [1, 1, 0], [0, 2, 2]])
+    steps = iter(a_imagined.T)
+    im = model.imagine(ctx, lambda s: next(steps), horizon=3)
+    assert im["states"].shape == (3, 4, 64 + 64)
+    assert im["actions"].shape == im["rewards"].shape == im["cont"].shape == (3, 3)
+    torch.testing.assert_close(im["actions"], a_imagined)
+
+    model.eval()
+    with torch.no_grad():
+        z = model.sample(model.encode(ctx["start_obs"]))
+        z0 = model.sample(
+            model.prior_logits(
+                model.backbone(
+                    model.sequence_input(z, ctx["start_action"]), reset=ctx["start_is_first"]
+                )[0][:, -1]
+            )
+        )
+        # One parallel forward over context + the imagined latents and actions gives every d_k.
+        z_all = torch.cat([z, z0[:, None]], 1)
+        for k in range(3):
+            a_all = torch.cat([ctx["start_action"], a_imagined[:, : k + 1]], 1)
+            reset = F.pad(ctx["start_is_first"], (0, k + 1), value=False)
+            d, _ = model.backbone(model.sequence_input(z_all, a_all), reset=reset)
+            if k == 0:
+                # s_0 = [z_0 ~ prior(d_{C-1}), d_{C-1}]
+                torch.testing.assert_close(im["states"][:, 0], torch.cat([z0, d[:, 7]], -1))
+            d_k = d[:, -1]
+            torch.testing.assert_close(im["states"][:, k + 1, 64:], d_k, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(im["rewards"][:, k], model.predict_reward(d_k), atol=1e-4,
+                                       rtol=1e-4)  # fmt: skip
+            z_next = model.sample(model.prior_logits(d_k))
+            torch.testing.assert_close(im["states"][:, k + 1, :64], z_next)
+            z_all = torch.cat([z_all, z_next[:, None]], 1)
+    torch.testing.assert_close(im["cont"], 1.0 - im["terminations"])
+
+
+def test_imagined_rewards_and_terminations_follow_the_action_that_caused_them():
+    # Train the sequence part on fixed latents where r_t = [a_t == 1] and e_t = [a_t == 2].
+    model = small_model()
+    batch = synthetic_batch(8, 32, seed=1)
+    batch["is_first"][:] = False
+    with torch.no_grad():
+        z = model.sample(model.encode(batch["obs"]))
+    params = [*model.stem.parameters(), *model.backbone.parameters(),
+              *model.reward_head.parameters(), *model.termination_head.parameters()]  # fmt: skip
+    opt = torch.optim.Adam(params, lr=3e-3)
+    from lightning_drama.distributions import twohot_loss
+
+    for _ in range(150):
+        d, _ = model.backbone(model.sequence_input(z, batch["action"]))
+        loss = twohot_loss(model.reward_head(d), batch["reward"], model.bins).mean()
+        loss = loss + F.binary_cross_entropy_with_logits(
+            model.predict_termination(d), batch["terminated"].float()
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.manual_seed(0)
+    im = model.imagine(context_of(batch), lambda s: torch.randint(0, 3, (s.shape[0],)), horizon=6)
+    a = im["actions"]
+    assert torch.all((im["rewards"] > 0.5) == (a == 1)), (im["rewards"], a)
+    assert torch.all((im["terminations"] == 1) == (a == 2)), (im["terminations"], a)
+
+
+def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
+    model = small_model(dropout=0.1)
+    mode_sample(model)
+    model.eval()
+    batch = synthetic_batch(2, 24, seed=2)
+    b = 9
+    batch["is_first"][:, b] = True
+    tail = {k: v[:, b:] for k, v in batch.items()}
+    with torch.no_grad():
+        _, parts = model.loss(batch)
+        _, parts_tail = model.loss(tail)
+        torch.testing.assert_close(parts["d"][:, b:], parts_tail["d"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model.predict_reward(parts["d"][:, b:]), model.predict_reward(parts_tail["d"])
+        )
+        # The KL of the boundary step is masked: changing the frame before it changes nothing there.
+        other = {**batch, "obs": batch["obs"].clone()}
+        other["obs"][:, :b] = 255 - other["obs"][:, :b]
+        _, parts_other = model.loss(other)
+        torch.testing.assert_close(parts_other["d"][:, b:], parts["d"][:, b:], atol=1e-5, rtol=1e-5)
+
+
+def test_observe_steps_match_a_parallel_forward():
+    model = small_model()
+    mode_sample(model)
+    batch = synthetic_batch(2, 10, seed=3)
+    batch["is_first"][0, 6] = True
+    state = None
+    inputs = []
+    for t in range(10):
+        prev_action = batch["action"][:, t - 1] if t else torch.zeros(2, dtype=torch.long)
+        policy_input, state = model.observe(
+            batch["obs"][:, t], prev_action, batch["is_first"][:, t], state
+        )
+        inputs.append(policy_input)
+    inputs = torch.stack(inputs, 1)  # [2, 10, 128]
+    assert model.training  # observe restores the mode
+    model.eval()
+    with torch.no_grad():
+        z = model.sample(model.encode(batch["obs"]))
+        d, _ = model.backbone(model.sequence_input(z, batch["action"]), reset=batch["is_first"])
+    torch.testing.assert_close(inputs[..., :64], z)
+    d_prev = torch.cat([torch.zeros(2, 1, 64), d[:, :-1]], 1)  # d_{t-1}
+    d_prev[batch["is_first"]] = 0.0
+    torch.testing.assert_close(inputs[..., 64:], d_prev, atol=1e-4, rtol=1e-4)
+
+
+def test_parameter_count_of_the_default_model():
+    counts = WorldModel(6).parameter_counts()
+    assert abs(counts["total"] - 7.15e6) / 7.15e6 < 0.02, counts
+    paper = dict(encoder=0.23e6, decoder=1.28e6, latent_heads=1.57e6, reward=0.20e6,
+                 termination=0.13e6, sequence_model=3.73e6 + 512 * 6)  # fmt: skip
+    for part, n in paper.items():
+        assert abs(counts[part] - n) / n < 0.03, (part, counts[part], n)
+
+
+def test_bf16_autocast_gives_finite_losses_and_gradients():
+    model = small_model()
+    batch = synthetic_batch(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, parts = model.loss(batch)
+        im = model.imagine(
+            context_of(batch), lambda s: torch.zeros(s.shape[0], dtype=torch.long), 4
+        )
+    total.backward()
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    assert all(torch.isfinite(v).all() for v in parts.values())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.isfinite(v.float()).all() for v in im.values())
+
+
+def test_bad_config_raises_a_clear_error():
+    with pytest.raises(ValueError, match="image_size"):
+        WorldModel(3, image_size=60)
+    with pytest.raises(ValueError, match="num_actions"):
+        WorldModel(0)
