@@ -126,7 +126,7 @@ def ssd_scan(
             reset,
         )
         if D is not None:
-            y = y + x.to(dtype) * D.to(dtype)[:, None]
+            y = torch.addcmul(y, x.to(dtype), D.to(dtype)[:, None])
     return y.to(out_dtype), final
 
 
@@ -156,7 +156,8 @@ def _ssd_chunked(
     B = B.view(b, c, l, G, N)
     C = C.view(b, c, l, G, N)
     a = (dt * A).view(b, c, l, H).permute(0, 1, 3, 2)  # log-decays [b, c, H, l]
-    xdt = (x * dt.view(b, c, l, H, 1)).permute(0, 1, 3, 2, 4)  # [b, c, H, l, P]
+    # Heads before time so every per-chunk matrix product below reads contiguous blocks.
+    xdt = (x * dt.view(b, c, l, H, 1)).permute(0, 1, 3, 2, 4).contiguous()  # [b, c, H, l, P]
     r = None if reset is None else reset.view(b, c, 1, l)
 
     # 1. Within each chunk: y_t = sum_{s<=t} (C_t . B_s) decay(s->t) dt_s x_s.
@@ -189,9 +190,10 @@ def _ssd_chunked(
         from_start = from_start * (torch.cumsum(r.to(torch.int32), dim=-1) == 0)
     h_in = entering.transpose(1, 2).reshape(b, c, G, hg, P, N).permute(0, 1, 2, 5, 3, 4)
     y_in = C.transpose(2, 3) @ h_in.reshape(b, c, G, N, hg * P)  # [b, c, G, l, hg*P]
-    y_in = y_in.view(b, c, G, l, hg, P).permute(0, 1, 3, 2, 4, 5).reshape(b, c, l, H, P)
-    y = y.transpose(2, 3) + y_in * from_start.transpose(2, 3).unsqueeze(-1)  # [b, c, l, H, P]
-    return y.reshape(b, c * l, H, P)[:, :L], final
+    y_in = y_in.view(b, c, G, l, hg, P).transpose(3, 4).reshape(b, c, H, l, P)
+    y = torch.addcmul(y, y_in, from_start.unsqueeze(-1))  # [b, c, H, l, P]
+    y = y.transpose(2, 3).reshape(b, c * l, H, P)
+    return y[:, :L], final
 
 
 def ssd_reference(

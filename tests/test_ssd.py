@@ -1,0 +1,150 @@
+"""The chunked SSD scan against the sequential recurrence (lightning_drama/ssm/ssd.py)."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_drama.ssm import segsum_exp, ssd_reference, ssd_scan, ssd_step
+
+
+def make_inputs(b=2, L=16, H=4, P=3, G=1, N=5, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, L, H, P, generator=g, dtype=dtype)
+    dt = F.softplus(torch.randn(b, L, H, generator=g, dtype=dtype) - 1.0)
+    A = -(torch.rand(H, generator=g, dtype=dtype) * 3.0 + 0.1)
+    B = torch.randn(b, L, G, N, generator=g, dtype=dtype)
+    C = torch.randn(b, L, G, N, generator=g, dtype=dtype)
+    return x, dt, A, B, C
+
+
+CASES = list(itertools.product([1, 7, 64, 130], [16, 64], [1, 2], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("L,chunk,G,with_state,with_reset", CASES)
+def test_scan_matches_reference_fp64(L, chunk, G, with_state, with_reset):
+    x, dt, A, B, C = make_inputs(b=3, L=L, H=4, P=3, G=G, N=5, seed=L + chunk + G)
+    g = torch.Generator().manual_seed(1)
+    h0 = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64) if with_state else None
+    D = torch.randn(4, generator=g, dtype=torch.float64) if with_state else None
+    reset = (torch.rand(3, L, generator=g) < 0.1) if with_reset else None
+    if with_reset and L > 1:
+        reset[0, L // 2] = True  # at least one boundary inside the window
+    y, final = ssd_scan(x, dt, A, B, C, chunk, D=D, initial_state=h0, reset=reset)
+    y_ref, final_ref = ssd_reference(x, dt, A, B, C, D=D, initial_state=h0, reset=reset)
+    assert y.shape == (3, L, 4, 3) and final.shape == (3, 4, 3, 5)
+    assert (y - y_ref).abs().max() < 1e-10
+    assert (final - final_ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("L", [7, 130])
+def test_scan_fp32_relative_error(L):
+    x, dt, A, B, C = make_inputs(b=2, L=L, H=4, P=8, G=2, N=16, seed=3)
+    reset = torch.zeros(2, L, dtype=torch.bool)
+    reset[1, L // 3] = True
+    y_ref, f_ref = ssd_reference(x, dt, A, B, C, D=torch.ones(4, dtype=torch.float64), reset=reset)
+    args = [t.float() for t in (x, dt, A, B, C)]
+    y, f = ssd_scan(*args, chunk_size=32, D=torch.ones(4), reset=reset)
+    assert y.dtype == torch.float32
+    rel = (y.double() - y_ref).norm() / y_ref.norm()
+    assert rel < 1e-4
+    assert (f.double() - f_ref).norm() / f_ref.norm() < 1e-4
+
+
+def test_hand_computed_scalar_case():
+    # H = P = N = G = 1, A = -1, dt = ln 2 so exp(dt A) = 1/2; B = C = 1, x = [1, 2, 3]:
+    # h = [ln2, ln2/2 + 2 ln2, 1.25 ln2 + 3 ln2] = ln2 * [1, 2.5, 4.25].
+    ln2 = torch.log(torch.tensor(2.0, dtype=torch.float64))
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1)
+    dt = torch.full((1, 3, 1), ln2.item(), dtype=torch.float64)
+    A = torch.tensor([-1.0], dtype=torch.float64)
+    ones = torch.ones(1, 3, 1, 1, dtype=torch.float64)
+    y, h = ssd_scan(x, dt, A, ones, ones, chunk_size=2)
+    expected = ln2 * torch.tensor([1.0, 2.5, 4.25], dtype=torch.float64)
+    torch.testing.assert_close(y.flatten(), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h.flatten(), expected[-1:], rtol=0, atol=1e-12)
+    # A reset at t=2 forgets the first two steps: h_2 = 3 ln2.
+    y, h = ssd_scan(x, dt, A, ones, ones, chunk_size=2, reset=torch.tensor([[False, False, True]]))
+    torch.testing.assert_close(y.flatten()[2], 3 * ln2, rtol=0, atol=1e-12)
+
+
+def test_reset_equals_fresh_start():
+    x, dt, A, B, C = make_inputs(b=2, L=50, G=2, seed=5)
+    h0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    reset = torch.zeros(2, 50, dtype=torch.bool)
+    reset[:, 23] = True
+    y, final = ssd_scan(x, dt, A, B, C, chunk_size=16, initial_state=h0, reset=reset)
+    y_fresh, final_fresh = ssd_scan(*(t[:, 23:] for t in (x, dt)), A, B[:, 23:], C[:, 23:], 16)
+    assert (y[:, 23:] - y_fresh).abs().max() < 1e-12
+    assert (final - final_fresh).abs().max() < 1e-12
+
+
+def test_state_carried_across_calls_and_steps():
+    x, dt, A, B, C = make_inputs(b=2, L=40, G=2, seed=6)
+    y, final = ssd_scan(x, dt, A, B, C, chunk_size=16)
+    y1, h = ssd_scan(x[:, :25], dt[:, :25], A, B[:, :25], C[:, :25], 16)
+    y2, h2 = ssd_scan(x[:, 25:], dt[:, 25:], A, B[:, 25:], C[:, 25:], 16, initial_state=h)
+    assert (torch.cat([y1, y2], 1) - y).abs().max() < 1e-12
+    assert (h2 - final).abs().max() < 1e-12
+    ys = []
+    h = torch.zeros_like(final)
+    for t in range(40):
+        yt, h = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], h)
+        ys.append(yt)
+    assert (torch.stack(ys, 1) - y).abs().max() < 1e-12
+
+
+def test_segsum_exp_small():
+    a = torch.tensor([0.5, -1.0, -2.0], dtype=torch.float64)
+    M = segsum_exp(a)
+    expected = torch.tensor(
+        [[1.0, 0.0, 0.0], [torch.e**-1.0, 1.0, 0.0], [torch.e**-3.0, torch.e**-2.0, 1.0]],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(M, expected)
+    M = segsum_exp(a, reset=torch.tensor([False, False, True]))
+    expected[2, :2] = 0.0
+    torch.testing.assert_close(M, expected)
+
+
+def test_gradcheck_tiny():
+    x, dt, A, B, C = make_inputs(b=1, L=5, H=2, P=2, G=1, N=2, seed=7)
+    h0 = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    reset = torch.tensor([[False, False, False, True, False]])
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, h0)]
+
+    def f(x, dt, A, B, C, h0):
+        return ssd_scan(x, dt, A, B, C, chunk_size=2, initial_state=h0, reset=reset)
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_bf16_autocast_keeps_fp32_internals():
+    x, dt, A, B, C = make_inputs(b=2, L=33, H=4, P=8, G=1, N=4, dtype=torch.float32, seed=8)
+    params = [t.clone().requires_grad_() for t in (x, B, C)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, final = ssd_scan(params[0].bfloat16(), dt, A, params[1], params[2], chunk_size=16)
+    assert y.dtype == torch.bfloat16 and final.dtype == torch.float32
+    y.float().pow(2).mean().backward()
+    assert torch.isfinite(y.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in params)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a: {**a, "x": a["x"][0]}, "x must be"),
+        (lambda a: {**a, "dt": a["dt"][:, :-1]}, "dt must be"),
+        (lambda a: {**a, "A": a["A"][:-1]}, "A must be"),
+        (lambda a: {**a, "B": a["B"][:, :, :, :-1]}, "B and C"),
+        (lambda a: {**a, "B": a["B"].repeat(1, 1, 3, 1), "C": a["C"].repeat(1, 1, 3, 1)}, "groups"),
+        (lambda a: {**a, "reset": torch.zeros(2, 3, dtype=torch.bool)}, "reset must be"),
+        (lambda a: {**a, "initial_state": torch.zeros(2, 4, 3, 4)}, "initial_state"),
+    ],
+)
+def test_bad_shapes_raise_value_error(change, match):
+    x, dt, A, B, C = make_inputs(b=2, L=8, H=4, P=3, G=1, N=5)
+    args = change({"x": x, "dt": dt, "A": A, "B": B, "C": C})
+    with pytest.raises(ValueError, match=match):
+        ssd_scan(**args)
