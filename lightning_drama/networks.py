@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_drama.ssm import RMSNorm
@@ -55,9 +56,22 @@ class Encoder(nn.Module):
         lead = obs.shape[:-3]
         x = obs.flatten(0, -4).permute(0, 3, 1, 2)  # [N, C, H, W], channels_last strides, no copy
         x = x.float() / 255.0
-        x = self.net(x.contiguous(memory_format=torch.channels_last))  # [N, c, h, w]
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.net(x) if self.training else self._forward_folded(x)  # [N, c, h, w]
         # Flatten in (h, w, c) order: a view of channels_last memory instead of a copy.
         return x.permute(0, 2, 3, 1).flatten(1).unflatten(0, lead)  # [..., out_dim]
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: BatchNorm with running statistics is an affine map, folded into the conv
+        weights, which saves two passes over the largest activations (imagination encodes 8192
+        frames per update)."""
+        layers = list(self.net)
+        for conv, bn, act in zip(layers[0::3], layers[1::3], layers[2::3], strict=True):
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # [c]
+            weight = conv.weight * scale[:, None, None, None]
+            bias = bn.bias - bn.running_mean * scale
+            x = act(F.conv2d(x, weight, bias, conv.stride, conv.padding))
+        return x
 
 
 class Decoder(nn.Module):

@@ -242,3 +242,20 @@ def test_bad_config_raises_a_clear_error():
         WorldModel(3, image_size=60)
     with pytest.raises(ValueError, match="num_actions"):
         WorldModel(0)
+
+
+def test_encoder_in_eval_mode_folds_batchnorm_exactly():
+    model = small_model()
+    obs = synthetic_batch(2, 3)["obs"]
+    model.train()
+    model.encoder(obs)  # move the running statistics away from (0, 1)
+    with torch.no_grad():
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    with torch.no_grad():
+        folded = model.encoder(obs)
+        unfolded = model.encoder.net(obs.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0)
+    torch.testing.assert_close(folded, unfolded.permute(0, 2, 3, 1).flatten(1).unflatten(0, (2, 3)))
