@@ -164,8 +164,11 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------------------- training
 
     def loss(
-        self, batch: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, batch: Mapping[str, torch.Tensor], return_features: bool = False
+    ) -> (
+        tuple[torch.Tensor, dict[str, torch.Tensor]]
+        | tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+    ):
         """World-model loss on a replay window.
 
         batch: `obs` [B, L, H, W, 3] uint8, `action` [B, L] int64, `reward` [B, L] float,
@@ -175,8 +178,9 @@ class WorldModel(nn.Module):
         parts (detached scalars): `recon` (squared error summed over C, H, W, mean over B, L),
         `reward` and `cont` (two-hot CE, BCE of the termination head), `dyn` and `rep` (free-bits
         losses), `kl` (raw mean KL over unmasked steps), `post_entropy`, `prior_entropy`,
-        `reward_mae`, `cont_accuracy`; and (detached) the posterior sample `z` [B, L, latent_dim]
-        and the features `d` [B, L, d_model] for callers that want them.
+        `reward_mae`, `cont_accuracy`. With `return_features=True` a third dict holds (detached)
+        the posterior sample `z` [B, L, latent_dim], the sequence features `d` [B, L, d_model]
+        and the reconstruction `recon` [B, L, 3, H, W] in [0, 1].
         """
         obs, action = batch["obs"], batch["action"]
         reward, terminated, is_first = batch["reward"], batch["terminated"], batch["is_first"]
@@ -219,9 +223,9 @@ class WorldModel(nn.Module):
                 "prior_entropy": masked_mean(categorical_entropy(prior[:, :-1]).sum(-1), mask),
                 "reward_mae": (twohot_mean(reward_logits, self.bins) - reward).abs().mean(),
                 "cont_accuracy": ((term_logit > 0) == terminated).float().mean(),
-                "z": z.detach(),
-                "d": d.detach(),
             }
+        if return_features:
+            return total, parts, {"z": z.detach(), "d": d.detach(), "recon": recon.detach()}
         return total, parts
 
     # ---------------------------------------------------------------------------- imagination

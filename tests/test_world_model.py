@@ -66,11 +66,13 @@ def context_of(batch, length: int = 8):
 def test_loss_parts_and_shapes():
     model = small_model()
     batch = synthetic_batch(2, 8)
-    total, parts = model.loss(batch)
+    total, parts, features = model.loss(batch, return_features=True)
     expected = parts["recon"] + parts["reward"] + parts["cont"] + parts["dyn"] + 0.1 * parts["rep"]
     torch.testing.assert_close(total.detach(), expected)
     assert parts["dyn"] >= 1.0 and parts["rep"] >= 1.0  # free bits
-    assert parts["z"].shape == (2, 8, 64) and parts["d"].shape == (2, 8, 64)
+    assert all(v.dim() == 0 for v in parts.values())  # loggable as they are
+    assert features["z"].shape == (2, 8, 64) and features["d"].shape == (2, 8, 64)
+    assert features["recon"].shape == (2, 8, 3, 64, 64)
     # Reward head starts at exactly 0: its loss is the two-hot CE of a uniform head, log(255).
     assert parts["reward"].item() == pytest.approx(torch.log(torch.tensor(255.0)).item(), rel=1e-5)
     total.backward()
@@ -174,8 +176,8 @@ def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
     batch["is_first"][:, b] = True
     tail = {k: v[:, b:] for k, v in batch.items()}
     with torch.no_grad():
-        _, parts = model.loss(batch)
-        _, parts_tail = model.loss(tail)
+        _, _, parts = model.loss(batch, return_features=True)
+        _, _, parts_tail = model.loss(tail, return_features=True)
         torch.testing.assert_close(parts["d"][:, b:], parts_tail["d"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(
             model.predict_reward(parts["d"][:, b:]), model.predict_reward(parts_tail["d"])
@@ -183,7 +185,7 @@ def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
         # The KL of the boundary step is masked: changing the frame before it changes nothing there.
         other = {**batch, "obs": batch["obs"].clone()}
         other["obs"][:, :b] = 255 - other["obs"][:, :b]
-        _, parts_other = model.loss(other)
+        _, _, parts_other = model.loss(other, return_features=True)
         torch.testing.assert_close(parts_other["d"][:, b:], parts["d"][:, b:], atol=1e-5, rtol=1e-5)
 
 
