@@ -28,8 +28,9 @@ from lightning_drama.returns import lambda_returns, percentile_range
 class RunningNorm(nn.Module):
     """Normalises inputs by their running mean / variance over all inputs seen, clipped to +-clip.
 
-    The statistics live in fp64 buffers (checkpointed) and change only through `update`, which does
-    nothing in eval mode, so an evaluated or resumed agent sees exactly the training statistics.
+    The statistics live in buffers (checkpointed; fp32 and int64, which every device supports, MPS
+    included) and change only through `update`, which does nothing in eval mode, so an evaluated or
+    resumed agent sees exactly the training statistics.
 
     Args:
         dim: feature size.
@@ -40,29 +41,28 @@ class RunningNorm(nn.Module):
     def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
         super().__init__()
         self.clip, self.eps = clip, eps
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Merge the statistics of x [..., dim] (Chan et al.'s parallel mean / variance)."""
         if not self.training:
             return
-        x = x.detach().reshape(-1, x.shape[-1]).double()
+        x = x.detach().reshape(-1, x.shape[-1]).float()
         n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
-        total = self.count + n
+        batch_var, batch_mean = torch.var_mean(x, 0, correction=0)
+        w = (n / (self.count + n)).float()  # weight of the new batch, computed on-device
         delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        self.var.copy_(self.var * (1 - w) + batch_var * w + delta.square() * w * (1 - w))
+        self.mean.add_(delta * w)
+        self.count.add_(n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., dim] -> normalised and clipped, in x's dtype."""
-        mean, std = self.mean.to(x.dtype), (self.var + self.eps).sqrt().to(x.dtype)
-        return ((x - mean) / std).clamp(-self.clip, self.clip)
+        out = (x.float() - self.mean) * torch.rsqrt(self.var + self.eps)
+        return out.clamp(-self.clip, self.clip).to(x.dtype)
 
 
 class Actor(nn.Module):

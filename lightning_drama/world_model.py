@@ -253,7 +253,9 @@ class WorldModel(nn.Module):
         `actions` [N, horizon], `rewards` [N, horizon] (predicted mean), `terminations` [N, horizon]
         (1.0 where the termination logit is > 0), `cont` = 1 - terminations. Index k of actions,
         rewards and terminations belongs together. Runs with the model in eval mode (BatchNorm
-        running statistics, no dropout) and restores the previous mode.
+        running statistics, no dropout) and restores the previous mode. A context whose last action
+        ended the episode (`start_terminated[:, -1]`) has no successor state; the start sampler
+        should not pick such starts (nothing here masks them).
         """
         obs, action, is_first = (
             context["start_obs"],
