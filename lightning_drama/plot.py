@@ -1,0 +1,313 @@
+"""Learning curves from the CSV logs of training runs.
+
+    python -m lightning_drama.plot RUN_DIR [RUN_DIR ...] [-o out.png] [--metric NAME] [--smooth K]
+
+A run is one ``metrics.csv`` written by Lightning's ``CSVLogger``
+(``<save_dir>/<name>/version_<k>/metrics.csv``); every ``metrics.csv`` below a RUN_DIR is a run.
+Rows are sparse (a row fills only the metrics logged at its step) and ``step`` is env steps.
+
+Runs of the same env (``data.env_id`` of the ``config.yaml`` LightningCLI writes next to the log)
+are seeds of one experiment and drawn as one curve: each seed is smoothed with a trailing moving
+average, interpolated onto the env steps logged by any seed within the range all seeds cover, and
+averaged; the band is the 95 % Student-t confidence interval of that mean, ``mean +- t(0.975,
+n - 1) * std / sqrt(n)`` over the n seeds. A single run is drawn as its smoothed line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from lightning_drama.scores import ATARI_SCORES, game_from_env_id, human_normalized
+
+# (env steps [T] strictly increasing, values [T])
+Curve = tuple[np.ndarray, np.ndarray]
+
+RETURN = "env/episode_return"
+NORMALIZED = "env/human_normalized"
+# A human-normalised column a run did not log is computed from its return when the game is known.
+NORMALIZED_FROM = {NORMALIZED: RETURN, "eval/human_normalized": "eval/return_mean"}
+TITLES = {
+    RETURN: "episode return",
+    NORMALIZED: "human-normalised score",
+    "eval/return_mean": "evaluation return",
+    "eval/human_normalized": "evaluation human-normalised score",
+}
+LAYOUT = "<save_dir>/<name>/version_<k>/metrics.csv, as written by Lightning's CSVLogger"
+
+# Two-sided 95 % Student-t critical values t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher
+# expansion around the normal quantile is within 1e-4. Carried here to keep scipy out.
+_T_975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+_Z_975 = 1.959963984540054
+
+
+class PlotError(ValueError):
+    """Something about the runs given that the user has to fix; ``main`` prints it and exits."""
+
+
+@dataclass
+class Run:
+    """The metrics of one ``metrics.csv`` and the env the run was trained on."""
+
+    path: Path  # the directory holding metrics.csv
+    env_id: str | None  # None when neither config.yaml nor hparams.yaml names it
+    metrics: dict[str, Curve]
+
+    @property
+    def group(self) -> str:
+        """Runs of one group are seeds of one experiment: same env, or (unknown env) same path."""
+        return self.env_id if self.env_id is not None else str(self.path)
+
+    @property
+    def label(self) -> str:
+        if self.env_id is None:
+            return str(self.path)
+        return game_from_env_id(self.env_id) or self.env_id
+
+    def curve(self, metric: str) -> Curve | None:
+        if metric in self.metrics:
+            return self.metrics[metric]
+        source = NORMALIZED_FROM.get(metric)
+        game = game_from_env_id(self.env_id) if self.env_id else None
+        if source in self.metrics and game in ATARI_SCORES:
+            steps, returns = self.metrics[source]
+            return steps, np.array([human_normalized(game, r) for r in returns])
+        return None
+
+
+def find_metrics_files(path: Path) -> list[Path]:
+    """Every ``metrics.csv`` at or below ``path`` (a file, a version dir or any parent dir)."""
+    if not path.exists():
+        raise PlotError(f"{path} does not exist; expected a run directory ({LAYOUT})")
+    if path.is_file():
+        if path.name != "metrics.csv":
+            raise PlotError(f"{path} is not a metrics.csv; expected a run directory ({LAYOUT})")
+        return [path]
+    found = sorted(path.rglob("metrics.csv"))
+    if not found:
+        raise PlotError(f"no metrics.csv found under {path}; expected {LAYOUT}, or a dir above it")
+    return found
+
+
+def read_metrics(csv_path: Path) -> dict[str, Curve]:
+    """Column -> (env steps, values) of the filled cells; values logged twice at a step averaged."""
+    cells: dict[str, list[tuple[float, float]]] = {}
+    with csv_path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        if "step" not in (reader.fieldnames or []):
+            raise PlotError(f"{csv_path} has no 'step' column; expected {LAYOUT}")
+        for row in reader:
+            if not row["step"]:
+                continue
+            step = float(row["step"])
+            for column, cell in row.items():
+                if column == "step" or column is None or not cell:
+                    continue
+                value = float(cell)
+                if math.isfinite(value):
+                    cells.setdefault(column, []).append((step, value))
+    metrics = {}
+    for column, pairs in cells.items():
+        steps, values = np.array(pairs).T
+        unique, index = np.unique(steps, return_inverse=True)
+        mean = np.bincount(index, weights=values) / np.bincount(index)
+        metrics[column] = (unique, mean)
+    return metrics
+
+
+def _env_id_in(config_path: Path, *keys: str) -> str | None:
+    try:
+        node = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        warnings.warn(
+            f"cannot read {config_path} ({e}); its run is not grouped by env", stacklevel=2
+        )
+        return None
+    for key in keys:
+        if isinstance(node, dict) and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]  # LightningCLI's subclass mode: {class_path, init_args}
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, str) else None
+
+
+def read_env_id(run_dir: Path, root: Path) -> str | None:
+    """``data.env_id`` of the nearest ``config.yaml`` from ``run_dir`` up to ``root``.
+
+    Falls back to the ``env_id`` the DataModule's hyperparameters put in ``hparams.yaml`` (runs
+    started without LightningCLI).
+    """
+    for directory in (run_dir, *run_dir.parents):
+        if (directory / "config.yaml").is_file():
+            env_id = _env_id_in(directory / "config.yaml", "data", "env_id")
+            if env_id is not None:
+                return env_id
+        if directory == root or root not in directory.parents:
+            break
+    if (run_dir / "hparams.yaml").is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hparams may hold tags safe_load refuses; optional
+            return _env_id_in(run_dir / "hparams.yaml", "env_id")
+    return None
+
+
+def load_runs(paths: Sequence[Path]) -> list[Run]:
+    runs = []
+    for path in paths:
+        root = path.resolve() if path.is_dir() else path.resolve().parent
+        for csv_path in find_metrics_files(path):
+            run_dir = csv_path.parent
+            env_id = read_env_id(run_dir.resolve(), root)
+            runs.append(Run(run_dir, env_id, read_metrics(csv_path)))
+    return runs
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points (fewer at the start); 1 = unchanged."""
+    if window < 1:
+        raise PlotError(f"the smoothing window must be >= 1 logged points, got {window}")
+    sums = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(end - window, 0)
+    return (sums[end] - sums[start]) / (end - start)
+
+
+def t_critical_95(df: int) -> float:
+    """``t(0.975, df)``: the half-width of a 95 % confidence interval in units of the sem."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T_975):
+        return _T_975[df - 1]
+    z = _Z_975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_and_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``grid [T]``, ``mean [T]`` and the 95 % half-width ``[T]`` of the seeds' curves.
+
+    The grid is every env step any seed logged within the range all seeds cover, so no seed is
+    extrapolated; with a single curve the half-width is 0.
+    """
+    start = max(steps[0] for steps, _ in curves)
+    end = min(steps[-1] for steps, _ in curves)
+    if start > end:
+        ranges = ", ".join(f"[{steps[0]:g}, {steps[-1]:g}]" for steps, _ in curves)
+        raise PlotError(f"the seeds cover env-step ranges {ranges} with no overlap to average on")
+    grid = np.unique(np.concatenate([steps for steps, _ in curves]))
+    grid = grid[(grid >= start) & (grid <= end)]
+    values = np.stack([np.interp(grid, steps, v) for steps, v in curves])  # [seeds, T]
+    n = len(curves)
+    if n == 1:
+        return grid, values[0], np.zeros_like(grid)
+    sem = values.std(axis=0, ddof=1) / math.sqrt(n)
+    return grid, values.mean(axis=0), t_critical_95(n - 1) * sem
+
+
+def panel_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[str]:
+    """The metrics to draw, one panel each; a requested one that no run has is an error."""
+    requested = list(metrics) if metrics else [RETURN]
+    for metric in requested:
+        if all(run.curve(metric) is None for run in runs):
+            available = sorted({column for run in runs for column in run.metrics})
+            raise PlotError(
+                f"no run has the column {metric!r}; available columns: {', '.join(available)}"
+            )
+    if not metrics and any(run.curve(NORMALIZED) is not None for run in runs):
+        requested.append(NORMALIZED)
+    return requested
+
+
+def plot_learning_curves(
+    runs: Sequence[Run], metrics: Sequence[str] | None = None, smooth_window: int = 5
+) -> Figure:
+    """One panel per metric (default: episode return and, when known, human-normalised score)."""
+    panels = panel_metrics(runs, metrics)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+
+    # Not pyplot: a Figure of its own leaves the caller's matplotlib backend alone.
+    fig = Figure(figsize=(6 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, metric in zip(axes, panels, strict=True):
+        for color, group in enumerate(groups.values()):
+            curves = [c for c in (run.curve(metric) for run in group) if c is not None]
+            if not curves:
+                continue
+            curves = [(steps, smooth(values, smooth_window)) for steps, values in curves]
+            label = f"{group[0].label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            style = {"color": f"C{color}", "markersize": 3}
+            try:
+                grid, mean, half = mean_and_band(curves)
+            except PlotError as e:
+                warnings.warn(f"{metric} of {label}: {e}; drawing each seed", stacklevel=2)
+                for seed, (steps, values) in enumerate(curves):
+                    few = "o" if len(steps) <= 20 else None  # sparse metrics (evals) as points
+                    ax.plot(steps, values, marker=few, label=None if seed else label, **style)
+                continue
+            few = "o" if len(grid) <= 20 else None
+            ax.plot(grid, mean, marker=few, label=label, **style)
+            if len(curves) > 1:
+                ax.fill_between(grid, mean - half, mean + half, color=f"C{color}", alpha=0.2)
+        if metric in NORMALIZED_FROM:
+            ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8, label="human")
+        ax.set_title(TITLES.get(metric, metric))
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    band = "mean of seeds, 95 % t-interval" if any(len(g) > 1 for g in groups.values()) else ""
+    smoothing = f"moving average over {smooth_window} logs" if smooth_window > 1 else "no smoothing"
+    fig.suptitle(", ".join(filter(None, [band, smoothing])), fontsize="small")
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_drama.plot",
+        description="Draw learning curves from the CSVLogger logs of training runs into a PNG. "
+        "Runs of the same env_id (from their config.yaml) are averaged with a 95 %% confidence "
+        "band.",
+    )
+    parser.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN_DIR",
+        help="a run's log dir (holding metrics.csv) or any dir above runs",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("learning_curves.png"),
+        help="PNG to write (default: learning_curves.png)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metric", action="append", metavar="NAME",
+        help=f"column to plot instead of the default {RETURN} and {NORMALIZED}; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--smooth", type=int, default=5, metavar="K",
+        help="trailing moving average over K logged points per run; 1 = none (default: 5)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        fig = plot_learning_curves(load_runs(args.runs), args.metric, args.smooth)
+    except PlotError as e:
+        parser.error(str(e))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.output, dpi=120)
+    print(args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""lightning_drama.plot: reading CSVLogger runs, grouping seeds, the mean and band, the CLI."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_drama.plot import (
+    Run,
+    main,
+    mean_and_band,
+    plot_learning_curves,
+    read_env_id,
+    read_metrics,
+    smooth,
+    t_critical_95,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(version_dir: Path, rows: list[dict], env_id: str | None) -> Path:
+    """A run as CSVLogger + LightningCLI leave it: sorted header, sparse rows, config.yaml."""
+    version_dir.mkdir(parents=True)
+    columns = sorted({key for row in rows for key in row})
+    with (version_dir / "metrics.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (version_dir / "hparams.yaml").write_text("lr: 0.0001\n")
+    if env_id is not None:
+        (version_dir / "config.yaml").write_text(
+            f"seed_everything: 0\ntrainer:\n  max_steps: 10\ndata:\n  env_id: {env_id}\n"
+            "  num_envs: 1\n"
+        )
+    return version_dir
+
+
+def training_rows(first: int, last: int, offset: float, normalized: bool) -> list[dict]:
+    """Returns every 1000 env steps, a loss at other steps, an eval now and then."""
+    rows = []
+    for step in range(first, last + 1, 1000):
+        ret = offset + step / 1000
+        row = {"step": step, "epoch": 0, "env/episode_return": ret}
+        if normalized:
+            row["env/human_normalized"] = (ret + 21) / 36
+        rows.append(row)
+        rows.append({"step": step + 500, "epoch": 0, "train/wm/loss": 10 - step / 1000})
+    for step in (5000, 10000):
+        if first <= step <= last:
+            rows.append({"step": step, "epoch": 0, "eval/return_mean": offset + step / 1000})
+    return rows
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    """Two seeds of Pong (logging the normalised score) and one Breakout run (not logging it)."""
+    root = tmp_path / "logs"
+    write_run(root / "pong/version_0", training_rows(1000, 10000, -20, True), "ALE/Pong-v5")
+    write_run(root / "pong/version_1", training_rows(1500, 10500, -18, True), "ALE/Pong-v5")
+    write_run(root / "breakout/version_0", training_rows(0, 8000, 2, False), "ALE/Breakout-v5")
+    return root
+
+
+def test_read_metrics_keeps_filled_cells_and_averages_repeats(tmp_path):
+    rows = [
+        {"step": 10, "a": 1.0},
+        {"step": 10, "b": 5.0},
+        {"step": 20, "a": 2.0},
+        {"step": 20, "a": 4.0},  # logged twice at one step: averaged
+        {"step": 30, "b": 7.0},
+        {"step": 40, "a": "nan"},  # not finite: dropped
+    ]
+    write_run(tmp_path / "run", rows, None)
+    metrics = read_metrics(tmp_path / "run/metrics.csv")
+    assert sorted(metrics) == ["a", "b"]
+    np.testing.assert_array_equal(metrics["a"][0], [10, 20])
+    np.testing.assert_array_equal(metrics["a"][1], [1.0, 3.0])
+    np.testing.assert_array_equal(metrics["b"][0], [10, 30])
+    np.testing.assert_array_equal(metrics["b"][1], [5.0, 7.0])
+
+
+def test_read_env_id_from_config_subclass_mode_and_hparams(tmp_path):
+    plain = write_run(tmp_path / "a/version_0", [{"step": 0}], "ALE/Pong-v5")
+    assert read_env_id(plain, tmp_path) == "ALE/Pong-v5"
+
+    subclass = write_run(tmp_path / "b/version_0", [{"step": 0}], None)
+    (subclass / "config.yaml").write_text(
+        "data:\n  class_path: lightning_drama.data.DramaDataModule\n"
+        "  init_args:\n    env_id: ALE/Boxing-v5\n"
+    )
+    assert read_env_id(subclass, tmp_path) == "ALE/Boxing-v5"
+
+    # config.yaml one level up (a LightningCLI log dir above the logger's version dir)
+    above = write_run(tmp_path / "c/version_0", [{"step": 0}], None)
+    (tmp_path / "c/config.yaml").write_text("data:\n  env_id: CartPole-v1\n")
+    assert read_env_id(above, tmp_path) == "CartPole-v1"
+    assert read_env_id(above, above) is None  # not above the directory we were asked about
+
+    from_hparams = write_run(tmp_path / "d/version_0", [{"step": 0}], None)
+    (from_hparams / "hparams.yaml").write_text("env_id: ALE/Krull-v5\nseq_len: 64\n")
+    assert read_env_id(from_hparams, tmp_path) == "ALE/Krull-v5"
+
+
+def test_normalized_curve_computed_from_return_when_not_logged():
+    steps = np.array([0.0, 100.0])
+    breakout = Run(Path("b"), "ALE/Breakout-v5", {"env/episode_return": (steps, np.array([2, 9]))})
+    np.testing.assert_array_equal(breakout.curve("env/human_normalized")[1], [0.0, 0.25])
+    assert breakout.curve("eval/human_normalized") is None  # no eval/return_mean
+    unknown = Run(Path("c"), "CartPole-v1", {"env/episode_return": (steps, np.array([2, 9]))})
+    assert unknown.curve("env/human_normalized") is None
+
+
+def test_smooth_is_a_trailing_moving_average():
+    values = np.array([0.0, 2.0, 4.0, 6.0, 8.0])
+    np.testing.assert_array_equal(smooth(values, 1), values)
+    np.testing.assert_array_equal(smooth(values, 2), [0.0, 1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_array_equal(smooth(values, 3), [0.0, 1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_array_equal(smooth(values, 10), [0.0, 1.0, 2.0, 3.0, 4.0])
+
+
+def test_t_critical_95():
+    assert t_critical_95(1) == 12.7062
+    assert t_critical_95(4) == 2.7764
+    assert t_critical_95(30) == 2.0423
+    assert t_critical_95(60) == pytest.approx(2.0003, abs=1e-4)
+    assert t_critical_95(10**6) == pytest.approx(1.96, abs=1e-3)
+
+
+def test_mean_and_band_hand_computed():
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 2.0, 4.0]))
+    b = (np.array([5.0, 15.0, 25.0]), np.array([1.0, 1.0, 1.0]))
+    grid, mean, half = mean_and_band([a, b])
+    # common range [5, 20]; grid = logged steps in it; a interpolates to [1, 2, 3, 4]
+    np.testing.assert_array_equal(grid, [5.0, 10.0, 15.0, 20.0])
+    np.testing.assert_array_equal(mean, [1.0, 1.5, 2.0, 2.5])
+    # two seeds: std (ddof 1) = |a - b| / sqrt(2), sem = |a - b| / 2, t(0.975, 1) = 12.7062
+    np.testing.assert_allclose(half, 12.7062 * np.array([0.0, 0.5, 1.0, 1.5]))
+
+    c = (np.array([0.0, 10.0]), np.array([3.0, 6.0]))
+    grid, mean, half = mean_and_band([a, c, c])
+    np.testing.assert_array_equal(grid, [0.0, 10.0])
+    np.testing.assert_array_equal(mean, [2.0, 14 / 3])
+    # values [0, 3, 3] and [2, 6, 6]: std = sqrt(3) and sqrt(16 / 3), n = 3
+    np.testing.assert_allclose(half, 4.3027 * np.array([1.0, 4 / 3]))
+
+    grid, mean, half = mean_and_band([c])
+    np.testing.assert_array_equal(mean, [3.0, 6.0])
+    np.testing.assert_array_equal(half, [0.0, 0.0])
+
+
+def test_mean_and_band_disjoint_seeds_raise():
+    early = (np.array([0.0, 10.0]), np.array([0.0, 1.0]))
+    late = (np.array([20.0, 30.0]), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"\[0, 10\], \[20, 30\] with no overlap"):
+        mean_and_band([early, late])
+
+
+def test_seeds_of_a_game_are_one_curve(runs_root):
+    from lightning_drama.plot import load_runs
+
+    fig = plot_learning_curves(load_runs([runs_root]), smooth_window=1)
+    returns, normalized = fig.axes
+    labels = returns.get_legend_handles_labels()[1]
+    assert labels == ["Breakout (1 seed)", "Pong (2 seeds)"]
+    pong = returns.lines[1]
+    # common range [1500, 10000]; seeds are 2 apart, so the mean is seed 0's return + 1
+    grid = np.concatenate([[1500], np.arange(2000, 10001, 500)])
+    np.testing.assert_array_equal(pong.get_xdata(), grid)
+    np.testing.assert_allclose(pong.get_ydata(), -19 + grid / 1000)
+    # Breakout's normalised score is computed from its returns (no column logged)
+    assert normalized.get_legend_handles_labels()[1] == [
+        "Breakout (1 seed)",
+        "Pong (2 seeds)",
+        "human",
+    ]
+    np.testing.assert_allclose(normalized.lines[0].get_ydata(), np.arange(0, 9) / 28)
+
+
+def test_seeds_without_a_common_range_are_drawn_one_by_one():
+    early = Run(Path("a"), "ALE/Pong-v5", {"x": (np.array([0.0, 10.0]), np.array([0.0, 1.0]))})
+    late = Run(Path("b"), "ALE/Pong-v5", {"x": (np.array([20.0, 30.0]), np.array([2.0, 3.0]))})
+    with pytest.warns(UserWarning, match="x of Pong \\(2 seeds\\): .* drawing each seed"):
+        fig = plot_learning_curves([early, late], ["x"], smooth_window=1)
+    (ax,) = fig.axes
+    assert [list(line.get_xdata()) for line in ax.lines] == [[0, 10], [20, 30]]
+    assert ax.get_legend_handles_labels()[1] == ["Pong (2 seeds)"]
+
+
+def test_main_writes_png(runs_root, tmp_path, capsys):
+    out = tmp_path / "plots/curves.png"
+    main([str(runs_root / "pong"), str(runs_root / "breakout/version_0"), "-o", str(out)])
+    assert capsys.readouterr().out.strip() == str(out)
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 20_000
+
+
+def test_main_errors_say_what_is_expected(runs_root, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "empty"), "-o", str(tmp_path / "x.png")])
+    assert "no metrics.csv found under" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main([str(runs_root), "--metric", "train/ac/loss", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert "no run has the column 'train/ac/loss'" in err
+    assert "available columns: env/episode_return, env/human_normalized, epoch, " in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_subprocess(runs_root, tmp_path):
+    out = tmp_path / "losses.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_drama.plot", str(runs_root), "-o", str(out)]
+        + ["--metric", "train/wm/loss", "--metric", "eval/human_normalized", "--smooth", "3"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    assert out.read_bytes().startswith(PNG_MAGIC)

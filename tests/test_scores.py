@@ -1,0 +1,65 @@
+"""lightning_drama.scores: the Atari100k reference table, normalisation and aggregates."""
+
+import pytest
+
+from lightning_drama.scores import ATARI_SCORES, aggregate, game_from_env_id, human_normalized
+
+
+def test_table_has_the_26_atari100k_games():
+    assert len(ATARI_SCORES) == 26
+    assert ATARI_SCORES["Pong"] == (-21.0, 15.0)
+    assert ATARI_SCORES["UpNDown"] == (533.0, 11693.0)
+    assert all(human > random for random, human in ATARI_SCORES.values())
+
+
+@pytest.mark.parametrize(
+    ("env_id", "game"),
+    [
+        ("ALE/Breakout-v5", "Breakout"),
+        ("BreakoutNoFrameskip-v4", "Breakout"),
+        ("BreakoutDeterministic-v4", "Breakout"),
+        ("Breakout", "Breakout"),
+        ("ALE/UpNDown-v5", "UpNDown"),
+        ("ALE/Pong-ram-v5", "Pong"),
+        ("MsPacmanNoFrameskip-v4", "MsPacman"),
+        ("ALE/Tennis-v5", "Tennis"),  # an Atari game, though without reference scores here
+        ("CartPole-v1", None),
+        ("my.module:Catch", None),
+        ("MiniGrid-Empty-5x5-v0", None),
+        ("", None),
+    ],
+)
+def test_game_from_env_id(env_id, game):
+    assert game_from_env_id(env_id) == game
+
+
+def test_human_normalized_hand_computed():
+    assert human_normalized("Pong", -21) == 0.0
+    assert human_normalized("Pong", 15) == 1.0
+    assert human_normalized("Pong", -3) == 0.5  # 18 / 36
+    assert human_normalized("Breakout", 9) == 0.25  # (9 - 2) / 28
+    assert human_normalized("Boxing", -6) == -0.5
+
+
+def test_human_normalized_unknown_game_lists_the_known_ones():
+    with pytest.raises(ValueError, match="Tennis.*known games: Alien, Amidar.*UpNDown"):
+        human_normalized("Tennis", 1.0)
+    with pytest.raises(ValueError, match="game_from_env_id"):
+        human_normalized("ALE/Pong-v5", 1.0)
+
+
+def test_aggregate_hand_computed():
+    # n = 8, sorted [-5, 0, 1, 2, 3, 4, 5, 30]: mean 40 / 8; median (2 + 3) / 2;
+    # IQM drops 2 from each end -> mean of [1, 2, 3, 4].
+    scores = [30.0, 0.0, 4.0, 1.0, 3.0, -5.0, 5.0, 2.0]
+    assert aggregate(scores) == {"mean": 5.0, "median": 2.5, "iqm": 2.5}
+    # n = 5: drop 1 from each end -> IQM over [1, 2, 3] = 2.
+    assert aggregate([3.0, 100.0, 1.0, 2.0, -50.0]) == {"mean": 11.2, "median": 2.0, "iqm": 2.0}
+    # n < 4: nothing dropped.
+    assert aggregate([1.0, 2.0, 6.0]) == {"mean": 3.0, "median": 2.0, "iqm": 3.0}
+    assert aggregate([0.5]) == {"mean": 0.5, "median": 0.5, "iqm": 0.5}
+
+
+def test_aggregate_empty_raises():
+    with pytest.raises(ValueError, match="non-empty"):
+        aggregate([])
