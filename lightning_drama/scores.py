@@ -44,25 +44,19 @@ _BY_LOWER = {game.lower(): game for game in ATARI_SCORES}
 
 # "ALE/Pong-v5", "PongNoFrameskip-v4", "Pong-ramDeterministic-v4", "Pong"
 _ATARI_ID = re.compile(
-    r"^(?P<ale>ALE/)?(?P<game>[A-Za-z]+?)(?:-ram)?(?:NoFrameskip|Deterministic)?(?:-v\d+)?$"
+    r"^(?:ALE/)?(?P<game>[A-Za-z]+?)(?:-ram)?(?:NoFrameskip|Deterministic)?(?:-v\d+)?$"
 )
 
 
 def game_from_env_id(env_id: str) -> str | None:
-    """The Atari game of an env id, or ``None`` when the id is not an Atari game.
+    """The Atari100k game of an env id, or ``None`` when it is not one of :data:`ATARI_SCORES`.
 
-    ``"ALE/Breakout-v5"``, ``"BreakoutNoFrameskip-v4"`` and ``"Breakout"`` all give ``"Breakout"``.
-    Any id in the ``ALE/`` namespace is a game (``"ALE/Tennis-v5"`` gives ``"Tennis"`` even though
-    it has no reference scores here); ids outside it are recognised only for the games of
-    :data:`ATARI_SCORES`, so that ``"CartPole-v1"`` or ``"my.module:Catch"`` give ``None``.
+    ``"ALE/Breakout-v5"``, ``"BreakoutNoFrameskip-v4"`` and ``"Breakout"`` all give ``"Breakout"``;
+    ``"CartPole-v1"`` and ``"my.module:Catch"`` give ``None``, and so does an Atari game without
+    reference scores (``"ALE/Tennis-v5"``), so a non-None game can always be normalised.
     """
     match = _ATARI_ID.match(env_id)
-    if match is None:
-        return None
-    game = match["game"]
-    if game.lower() in _BY_LOWER:
-        return _BY_LOWER[game.lower()]
-    return game if match["ale"] else None
+    return _BY_LOWER.get(match["game"].lower()) if match else None
 
 
 def human_normalized(game: str, score: float) -> float:
