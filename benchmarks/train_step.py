@@ -58,6 +58,14 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"unknown precision {precision!r}: use fp32 or bf16")
+
+
 def replay_batch(batch: int, length: int, num_actions: int, g: torch.Generator) -> dict:
     is_first = torch.rand(batch, length, generator=g) < 0.01
     return {
@@ -130,25 +138,26 @@ def main() -> None:
         f"imagine+AC {args.starts}x({args.context}+{args.horizon})": actor_critic_update,
     }
     rows, best = [], {}
+    precisions = args.precisions.split(",")
     for name, fn in tasks.items():
-        for precision in args.precisions.split(","):
-            bf16 = precision == "bf16"
-            autocast = (
-                torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            )
-            with autocast, FlopCounterMode(display=False) as counter:
-                fn()
-            flops = counter.get_total_flops()
-            times = []
-            for _ in range(args.repeats):
-                with autocast:
-                    times.append(_timed(fn))
-            best[name, precision] = t = min(times)
-            rows.append((name, precision, t, statistics.median(times), flops, flops / t))
+        flops, times = {}, {p: [] for p in precisions}
+        for precision in precisions:
+            with autocast(precision), FlopCounterMode(display=False) as counter:
+                fn()  # warm-up, and the FLOP count
+            flops[precision] = counter.get_total_flops()
+        # Interleave the precisions so that load from other processes hits both alike.
+        for _ in range(args.repeats):
+            for precision in precisions:
+                with autocast(precision):
+                    times[precision].append(_timed(fn))
+        for precision in precisions:
+            t, med, n = min(times[precision]), statistics.median(times[precision]), flops[precision]
+            best[name, precision] = t
+            rows.append((name, precision, t, med, n, n / t))
             print(
-                f"{name:28s} {precision:5s} best {t:6.2f} s, median {statistics.median(times):6.2f}"
-                f"  {flops / 1e12:6.3f} TFLOP  {flops / t / 1e9:7.1f} GFLOP/s  "
-                f"{flops / t / matmul['fp32']:6.1%} of fp32 matmul",
+                f"{name:28s} {precision:5s} best {t:6.2f} s, median {med:6.2f}"
+                f"  {n / 1e12:6.3f} TFLOP  {n / t / 1e9:7.1f} GFLOP/s  "
+                f"{n / t / matmul['fp32']:6.1%} of fp32 matmul",
                 flush=True,
             )
 
