@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
@@ -81,8 +82,15 @@ class DramaDataModule(pl.LightningDataModule):
             seed + i.
         env_options: keyword options of ``make_env`` (e.g. ``noop_max``,
             ``repeat_action_probability``, ``life_loss_termination``).
-        replay_dir: when set, the replay arrays are memory-mapped ``.npy`` files in this directory.
+        replay_dir: where the replay arrays live, as memory-mapped ``.npy`` files. ``None``
+            (default): ``<run directory>/replay`` when a Trainer with a logger is attached (so a
+            checkpoint only has to flush them), in RAM otherwise; ``"memory"``: always in RAM
+            (each checkpoint then writes the arrays to ``<run directory>/replay``).
         asynchronous_envs: step several envs in subprocesses instead of in turn.
+        eval_episodes: episodes per ``validate`` / ``test`` run (and per evaluation during fit).
+        eval_max_steps: env steps after which an evaluation episode is cut (27,000 = the
+            108,000-frame Atari cap).
+        eval_seed: seed of the first evaluation episode; episode i uses ``eval_seed + i``.
     """
 
     def __init__(
@@ -104,6 +112,9 @@ class DramaDataModule(pl.LightningDataModule):
         env_options: dict[str, Any] | None = None,
         replay_dir: str | None = None,
         asynchronous_envs: bool = False,
+        eval_episodes: int = 10,
+        eval_max_steps: int = 27_000,
+        eval_seed: int = 10_000,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +153,14 @@ class DramaDataModule(pl.LightningDataModule):
         self.env_options = dict(env_options or {})
         self.replay_dir = replay_dir
         self.asynchronous_envs = asynchronous_envs
+        if eval_episodes < 1 or eval_max_steps < 1:
+            raise ValueError(
+                f"eval_episodes ({eval_episodes}) and eval_max_steps ({eval_max_steps}) "
+                "must be >= 1"
+            )
+        self.eval_episodes = eval_episodes
+        self.eval_max_steps = eval_max_steps
+        self.eval_seed = eval_seed
 
         # The CLI links num_actions into the model before setup: probe one env now (this also
         # rejects a bad env id at construction).
@@ -152,19 +171,35 @@ class DramaDataModule(pl.LightningDataModule):
         self.replay: ReplayBuffer | None = None
         self.collector: Collector | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._restored: int | None = None  # env_steps of the state restored in setup
+        # Checkpoint being resumed (set by the CLI) so setup reopens its replay instead of
+        # collecting a fresh warm-up; Lightning itself restores state only after setup.
+        self.resume_from: str | None = None
 
     @property
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def setup(self, stage: str | None = None) -> None:
-        if self.replay is not None:  # already built (setup may be called again by Lightning)
+        """Build the replay, envs and collector and prefill the warm-up (for ``fit``).
+
+        When the run resumes from a checkpoint (``resume_from`` set by the CLI, or
+        ``trainer.ckpt_path``), the replay files of that run are reopened instead and no warm-up
+        is collected. ``validate`` / ``test`` only need the evaluation envs, made per episode.
+        """
+        if stage not in (None, "fit") or self.replay is not None:
             return
+        if self._pending_state is None:
+            self._pending_state = self._state_from_checkpoint()
+        resume = self._pending_state
         rank = self.rank
         seed = self.seed + rank * self.num_envs
-        replay_dir = self.replay_dir
-        if replay_dir is not None and self.trainer is not None and self.trainer.world_size > 1:
-            replay_dir = os.path.join(replay_dir, f"rank_{rank}")
+        reopen = resume is not None and resume.get("replay_dir") is not None
+        replay_dir = self._rank_path(resume["replay_dir"]) if reopen else self._new_replay_dir()
         self.replay = ReplayBuffer(
             self.capacity,
             num_streams=self.num_envs,
@@ -174,21 +209,51 @@ class DramaDataModule(pl.LightningDataModule):
             imagine_count_scale=self.batch_size / self.imagine_batch,
             seed=seed,
             directory=replay_dir,
+            reopen=reopen,
         )
+        where = f"memory-mapped in {replay_dir}" if replay_dir else "in RAM"
         rank_zero_info(
             f"Replay: {self.capacity:,} rows, {self.replay.nbytes / 2**30:.2f} GiB per process "
-            f"({'memory-mapped in ' + replay_dir if replay_dir else 'in RAM'}), "
-            f"sampling={self.sampling}"
+            f"({where}), sampling={self.sampling}"
         )
         env_fn = partial(make_env, self.env_id, **self.env_options)
         self.collector = Collector(
             [env_fn] * self.num_envs, self.replay, seed=seed, asynchronous=self.asynchronous_envs
         )
-        if self._pending_state is not None:  # restored before setup: no warm-up to redo
-            self._apply_state(self._pending_state)
+        if resume is not None:  # restored before setup: no warm-up to redo
+            self._apply_state(resume)
             self._pending_state = None
         else:
             self.collector.collect(self.warmup_steps, policy=None)
+
+    def _rank_path(self, path: str) -> str:
+        """The per-process variant of a rank-0 path (each DDP rank has its own replay)."""
+        if self.world_size > 1 and os.path.basename(path) == "rank_0":
+            return os.path.join(os.path.dirname(path), f"rank_{self.rank}")
+        return path
+
+    def _run_dir(self) -> str | None:
+        if self.trainer is None or not self.trainer.loggers:
+            return None
+        return self.trainer.log_dir  # a collective under DDP: every rank calls this
+
+    def _new_replay_dir(self) -> str | None:
+        if self.replay_dir == "memory":
+            return None
+        base = self.replay_dir
+        if base is None:
+            run_dir = self._run_dir()
+            base = None if run_dir is None else os.path.join(run_dir, "replay")
+        if base is not None and self.world_size > 1:
+            base = os.path.join(base, f"rank_{self.rank}")
+        return base
+
+    def _state_from_checkpoint(self) -> dict[str, Any] | None:
+        path = self.resume_from or (self.trainer.ckpt_path if self.trainer is not None else None)
+        if not path or not os.path.isfile(str(path)):
+            return None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return checkpoint.get(type(self).__qualname__)
 
     def train_dataloader(self) -> DataLoader:
         if self.replay is None:
@@ -215,23 +280,86 @@ class DramaDataModule(pl.LightningDataModule):
         return self.env_steps >= self.total_env_steps
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, DFS counts and RNG states; not the frames (save them with ``replay.save``)."""
+        """Counters, DFS counts and RNG states, and where the replay frames are.
+
+        The frames are not put into the checkpoint: a memory-mapped replay (the default under a
+        Trainer) is flushed in place, an in-RAM one is written to ``<run directory>/replay``.
+        Under DDP every rank also writes its own state next to its replay, since the checkpoint
+        only holds rank 0's.
+        """
         if self.replay is None:
             return dict(self._pending_state or {})
-        return {
-            "replay": self.replay.state_dict(include_data=False),
-            "collector": self.collector.state_dict(),
+        saved_to = self.replay.directory
+        if saved_to is None:
+            run_dir = self._run_dir()
+            if run_dir is not None:
+                saved_to = os.path.join(run_dir, "replay")
+                if self.world_size > 1:
+                    saved_to = os.path.join(saved_to, f"rank_{self.rank}")
+        if saved_to is not None:
+            saved_to = os.path.abspath(saved_to)
+            self.replay.save(saved_to)
+        state = {
+            # numpy arrays become tensors: checkpoints must load with torch.load(weights_only=True)
+            "replay": _checkpoint_safe(self.replay.state_dict(include_data=False)),
+            "collector": _checkpoint_safe(self.collector.state_dict()),
             "replay_dir": self.replay.directory,
+            "replay_saved_to": saved_to,
+            "env_steps": self.env_steps,
         }
+        if saved_to is not None and self.world_size > 1:
+            torch.save(state, os.path.join(saved_to, f"state-{self.env_steps}.pt"))
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        if self.world_size > 1 and self.rank > 0 and state_dict.get("replay_saved_to"):
+            own = os.path.join(
+                self._rank_path(state_dict["replay_saved_to"]),
+                f"state-{state_dict['env_steps']}.pt",
+            )
+            state_dict = torch.load(own, map_location="cpu", weights_only=False)
         if self.replay is None:
             self._pending_state = state_dict
+        elif self._restored is not None and self._restored == state_dict.get("env_steps"):
+            pass  # setup already restored this state from the checkpoint file
         else:
             self._apply_state(state_dict)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.replay.load_state_dict(state["replay"])
         self.collector.load_state_dict(state["collector"])
+        saved_to = state.get("replay_saved_to")
+        if saved_to is not None and os.path.isdir(self._rank_path(saved_to)):
+            self.replay.load(self._rank_path(saved_to))  # no copy when it is the same memmap
+        self._restored = state.get("env_steps")
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def make_eval_env(self) -> Any:
+        """A fresh environment for evaluation episodes (same options as training)."""
+        return make_env(self.env_id, **self.env_options)
+
+    def _episode_indices(self) -> DataLoader:
+        # One item per evaluation episode; under DDP Lightning shards them over the ranks.
+        return DataLoader(list(range(self.eval_episodes)), batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._episode_indices()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._episode_indices()
+
+
+def _checkpoint_safe(obj: Any) -> Any:
+    """numpy arrays and scalars -> tensors and Python numbers, recursively."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {key: _checkpoint_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_checkpoint_safe(value) for value in obj)
+    return obj

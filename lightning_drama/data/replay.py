@@ -54,6 +54,8 @@ class ReplayBuffer:
         imagine_count_scale: m' = m * this; Drama uses batch_size / imagine_batch = 16 / 1024.
         seed: seed of the sampling RNG.
         directory: when set, the arrays are memory-mapped ``.npy`` files in this directory.
+        reopen: with ``directory``, open the existing files there (resuming a run) instead of
+            creating new ones; their shapes must match.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ReplayBuffer:
         imagine_count_scale: float = 16 / 1024,
         seed: int = 0,
         directory: str | None = None,
+        reopen: bool = False,
     ):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLING_MODES}")
@@ -90,7 +93,10 @@ class ReplayBuffer:
                 self.data[key] = np.zeros((rows, *shape), dtype)
             else:
                 path = os.path.join(directory, f"{key}.npy")
-                self.data[key] = np.lib.format.open_memmap(path, "w+", dtype, (rows, *shape))
+                if reopen:
+                    self.data[key] = _reopen(path, dtype, (rows, *shape))
+                else:
+                    self.data[key] = np.lib.format.open_memmap(path, "w+", dtype, (rows, *shape))
         self.pos = np.zeros(num_streams, np.int64)  # next write row inside each stream
         self.size = np.zeros(num_streams, np.int64)  # rows written inside each stream
         self.n_counts = np.zeros(rows, np.int64)  # times used as a window start
@@ -271,6 +277,21 @@ class ReplayBuffer:
                     f"{array.shape}: load into a buffer with the same capacity and num_streams"
                 )
             array[:] = saved
+
+
+def _reopen(path: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"replay file {path} is missing: the replay of the run being resumed lives next to its "
+            "checkpoint (the run's replay/ directory); restore that directory or start a new run"
+        )
+    array = np.load(path, mmap_mode="r+")
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"{path} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}: "
+            "resume with the same data.capacity and data.num_envs as the original run"
+        )
+    return array
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

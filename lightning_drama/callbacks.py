@@ -1,0 +1,73 @@
+"""Callbacks: the environment loop between updates and the env-step budget."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+
+class EnvironmentLoop(pl.Callback):
+    """Steps the live environment(s) before every training step and ends the run on budget.
+
+    Before each update the DataModule's collector takes `data.env_steps_per_update` steps with
+    the module's policy (posterior of the current frame + the carried recurrent state). After each
+    update the run stops once `data.total_env_steps` env steps were taken by all processes
+    together; `trainer.max_steps` is not used for this, since with two optimisers
+    `global_step` counts optimiser steps, not updates.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = self._datamodule(trainer)
+        rank_zero_info(
+            f"Training until {datamodule.total_env_steps:,} env steps "
+            f"(now {datamodule.env_steps * trainer.world_size:,}, "
+            f"{datamodule.env_steps_per_update} per update per process)"
+        )
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        datamodule = self._datamodule(trainer)
+        with trainer.precision_plugin.forward_context():
+            episodes = datamodule.collect(pl_module.policy)
+        pl_module.record_episodes(episodes)
+        pl_module.log("env_steps", float(pl_module.env_steps), prog_bar=True, logger=False)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        datamodule = self._datamodule(trainer)
+        if datamodule.env_steps * trainer.world_size >= datamodule.total_env_steps:
+            trainer.should_stop = True
+            self._save_last(trainer)
+
+    @staticmethod
+    def _save_last(trainer: pl.Trainer) -> None:
+        """ModelCheckpoint(save_last=True) only refreshes last.ckpt together with a periodic save,
+        so the final state of a budget-ended run is written here."""
+        callback = trainer.checkpoint_callback
+        if not isinstance(callback, ModelCheckpoint) or not callback.save_last:
+            return
+        if callback.dirpath is None:
+            return
+        name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+        trainer.save_checkpoint(os.path.join(callback.dirpath, name))
+
+    @staticmethod
+    def _datamodule(trainer: pl.Trainer) -> Any:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "collect"):
+            raise RuntimeError(
+                "DramaModule trains on live environments: pass a DramaDataModule to trainer.fit "
+                "(python main.py fit --config configs/atari.yaml sets one up)"
+            )
+        return datamodule

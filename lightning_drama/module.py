@@ -1,0 +1,324 @@
+"""DramaModule: the LightningModule that trains Drama's world model and actor-critic.
+
+Orchestration only; the math lives in `world_model.py`, `agent.py` and `optim.py`. One
+`training_step` is one world-model update on a DFS window batch, then imagination from DFS starts
+and one actor-critic update, then the slow-critic EMA. The environment steps between updates come
+from the `EnvironmentLoop` callback this module installs (see `callbacks.py`).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torchmetrics import CatMetric, MeanMetric
+
+from lightning_drama.agent import ActorCritic
+from lightning_drama.optim import LaProp, linear_warmup
+from lightning_drama.policy import DramaPolicy, run_episode
+from lightning_drama.scores import game_from_env_id, human_normalized
+from lightning_drama.world_model import WorldModel
+
+# Lightning suggests snapshotting weights before each manual step for ModelCheckpoint; our
+# checkpoints deliberately hold the state after the update, consistent with the optimisers.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+# Hyperparameters a checkpoint must share with the model it is loaded into.
+_ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
+
+
+class DramaModule(pl.LightningModule):
+    """Drama: a Mamba-2 world model and an actor-critic trained in its imagination.
+
+    Args:
+        num_actions: size of the discrete action space (linked from `data.num_actions` by the CLI).
+        world_model: keyword arguments of `lightning_drama.world_model.WorldModel` (sizes, loss
+            scales); unset keys keep the paper's values (Drama XS).
+        actor_critic: keyword arguments of `lightning_drama.agent.ActorCritic` (sizes, gamma,
+            lambda, entropy, EMA decays); unset keys keep the paper's values.
+        wm_lr: LaProp learning rate of the world model.
+        ac_lr: LaProp learning rate of the actor and critic.
+        eps: LaProp epsilon (the paper's 1e-20).
+        betas: LaProp betas.
+        weight_decay: decoupled weight decay of both optimisers.
+        warmup_updates: linear learning-rate warm-up, in updates.
+        imagine_horizon: imagined steps per start (16).
+        eval_greedy: evaluation episodes take the most likely action instead of sampling.
+    """
+
+    def __init__(
+        self,
+        num_actions: int,
+        world_model: dict[str, Any] | None = None,
+        actor_critic: dict[str, Any] | None = None,
+        wm_lr: float = 4e-5,
+        ac_lr: float = 4e-5,
+        eps: float = 1e-20,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-4,
+        warmup_updates: int = 1000,
+        imagine_horizon: int = 16,
+        eval_greedy: bool = False,
+    ) -> None:
+        super().__init__()
+        if imagine_horizon < 1:
+            raise ValueError(f"imagine_horizon must be >= 1, got {imagine_horizon}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.world_model = WorldModel(num_actions, **(world_model or {}))
+        self.actor_critic = ActorCritic(
+            num_actions, state_dim=self.world_model.state_dim, **(actor_critic or {})
+        )
+        self.policy = DramaPolicy(self.world_model, self.actor_critic)
+        self.eval_policy = DramaPolicy(self.world_model, self.actor_critic, greedy=eval_greedy)
+        # Episode statistics are metrics so they aggregate over DDP ranks.
+        self.episode_return = MeanMetric()
+        self.episode_length = MeanMetric()
+        self.eval_returns = CatMetric()
+        self.eval_lengths = CatMetric()
+        self.last_eval: dict[str, Any] | None = None
+        # Env steps this model was trained on (all processes), saved with it for evaluations.
+        self.register_buffer("trained_env_steps", torch.zeros((), dtype=torch.long))
+        self._grad_norms: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            # Each of the two backward passes per step reaches only one part of the model.
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from lightning_drama.callbacks import EnvironmentLoop
+
+        return [EnvironmentLoop()]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        wm_opt = LaProp(self.world_model.parameters(), hp.wm_lr, hp.betas, hp.eps, hp.weight_decay)
+        ac_params = [p for p in self.actor_critic.parameters() if p.requires_grad]
+        ac_opt = LaProp(ac_params, hp.ac_lr, hp.betas, hp.eps, hp.weight_decay)
+        warmup = linear_warmup(hp.warmup_updates)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, warmup) for opt in (wm_opt, ac_opt)]
+        return [wm_opt, ac_opt], [{"scheduler": s, "interval": "step"} for s in schedulers]
+
+    # ---------------------------------------------------------------------------- training
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        wm_opt, ac_opt = self.optimizers()
+        wm_sched, ac_sched = self.lr_schedulers()
+
+        wm_loss, wm_parts = self.world_model.loss(batch)
+        wm_opt.zero_grad(set_to_none=True)
+        self.manual_backward(wm_loss)
+        wm_opt.step()  # clipping happens in on_before_optimizer_step, after AMP unscaling
+        wm_sched.step()
+
+        context = {key: value for key, value in batch.items() if key.startswith("start_")}
+        imagined = self.world_model.imagine(
+            context, self.actor_critic.act, self.hparams.imagine_horizon
+        )
+        ac_loss, ac_stats = self.actor_critic.loss(imagined)
+        ac_opt.zero_grad(set_to_none=True)
+        self.manual_backward(ac_loss)
+        ac_opt.step()
+        ac_sched.step()
+        self.actor_critic.update_slow_critic()
+        self.trained_env_steps.fill_(self.env_steps)
+
+        self.log("wm", wm_loss.detach(), prog_bar=True, logger=False)
+        self.log("ac", ac_loss.detach(), prog_bar=True, logger=False)
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            metrics = {"train/wm/loss": wm_loss.detach()}
+            metrics.update(
+                {
+                    f"train/wm/{k}": v
+                    for k, v in wm_parts.items()
+                    if torch.is_tensor(v) and v.dim() == 0
+                }
+            )
+            metrics["train/ac/loss"] = ac_loss.detach()
+            metrics.update({f"train/ac/{k}": v for k, v in ac_stats.items()})
+            metrics.update({f"train/{k}_grad_norm": v for k, v in self._grad_norms.items()})
+            metrics["train/lr"] = torch.tensor(wm_sched.get_last_lr()[0])
+            metrics["train/updates"] = torch.tensor(float(batch_idx + 1))
+            self.log_at_env_step(metrics)
+            self.log_episode_statistics()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called after AMP unscaling (16-mixed unscales inside opt.step), so clip here.
+        if optimizer is self.trainer.optimizers[0]:
+            name, params, clip = "wm", self.world_model.parameters(), self.world_model.grad_clip
+        else:
+            name, params = "ac", self.actor_critic.parameters()
+            clip = self.actor_critic.grad_clip
+        self._grad_norms[name] = torch.nn.utils.clip_grad_norm_(
+            [p for p in params if p.grad is not None], clip
+        ).detach()
+
+    # ---------------------------------------------------------------------------- logging
+
+    @property
+    def env_steps(self) -> int:
+        """Environment steps taken by all processes so far (the x-axis of every logged curve)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None or datamodule.collector is None:
+            return int(self.trained_env_steps)
+        return int(datamodule.env_steps) * self.trainer.world_size
+
+    def log_at_env_step(self, metrics: dict[str, Any]) -> None:
+        """Send scalars to every logger with env steps (not optimiser steps) as the x-axis."""
+        if not self.trainer.is_global_zero:
+            return
+        scalars = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.env_steps)
+            logger.save()
+
+    def record_episodes(self, episodes: list[dict[str, float]]) -> None:
+        """Add finished training episodes (from the collector) to the episode metrics."""
+        for episode in episodes:
+            self.episode_return.update(torch.tensor(episode["return"]))
+            self.episode_length.update(torch.tensor(float(episode["length"])))
+            self.log("return", float(episode["return"]), prog_bar=True, logger=False)
+
+    def log_episode_statistics(self) -> None:
+        # Every rank takes part in the sync; a zero-weight update avoids "compute before update".
+        for metric in (self.episode_return, self.episode_length):
+            metric.update(torch.zeros((), device=self.device), weight=0.0)
+        mean_return, mean_length = self.episode_return.compute(), self.episode_length.compute()
+        self.episode_return.reset()
+        self.episode_length.reset()
+        if torch.isnan(mean_return):
+            return  # no episode finished since the last log
+        metrics = {"env/episode_return": mean_return, "env/episode_length": mean_length}
+        game = self._game()
+        if game is not None:
+            metrics["env/human_normalized"] = human_normalized(game, float(mean_return))
+        self.log_at_env_step(metrics)
+
+    def _game(self) -> str | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return game_from_env_id(datamodule.env_id) if datamodule is not None else None
+
+    # -------------------------------------------------------------------------- evaluation
+
+    def _evaluation_step(self, batch: torch.Tensor) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "make_eval_env"):
+            raise RuntimeError("evaluation needs the DramaDataModule (it makes the eval envs)")
+        index = int(batch.reshape(-1)[0])
+        env = datamodule.make_eval_env()
+        try:
+            with torch.no_grad():
+                episode = run_episode(
+                    env, self.eval_policy, datamodule.eval_seed + index, datamodule.eval_max_steps
+                )
+        finally:
+            env.close()
+        self.eval_returns.update(torch.tensor([episode["return"]], device=self.device))
+        self.eval_lengths.update(torch.tensor([episode["length"]], device=self.device))
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation()
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation()
+
+    def _finish_evaluation(self) -> None:
+        returns = self.eval_returns.compute().float().cpu().reshape(-1)
+        lengths = self.eval_lengths.compute().float().cpu().reshape(-1)
+        self.eval_returns.reset()
+        self.eval_lengths.reset()
+        game = self._game()
+        result: dict[str, Any] = {
+            "returns": returns.tolist(),
+            "lengths": lengths.tolist(),
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()) if len(returns) > 1 else 0.0,
+            "length_mean": float(lengths.mean()),
+            "game": game,
+            "greedy": self.hparams.eval_greedy,
+            "env_steps": self.env_steps,
+        }
+        if game is not None:
+            result["human_normalized"] = human_normalized(game, result["return_mean"])
+        self.last_eval = result
+        metrics = {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
+        if self.trainer.state.fn == "fit":
+            self.log_at_env_step(metrics)
+        else:
+            # validate / test: the table is the result; also hand Lightning the numbers.
+            for key, value in metrics.items():
+                self.log(key, value, rank_zero_only=True)
+            rank_zero_info(format_evaluation(result))
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the global RNG is what gets saved)
+        checkpoint["rng"] = {  # plain types only: checkpoints load with weights_only=True
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in _ARCHITECTURE_KEYS:
+            if key in saved and _normalise(saved[key]) != _normalise(self.hparams.get(key)):
+                raise ValueError(
+                    f"checkpoint does not fit this model: its model.{key} is {saved[key]!r}, the "
+                    f"current config has {self.hparams.get(key)!r}. Use the config the checkpoint "
+                    "was trained with (its run directory holds config.yaml) and the same game."
+                )
+        rng = checkpoint.get("rng")
+        if rng is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _normalise(value: Any) -> Any:
+    """Config values compare equal whether they came from YAML (lists) or Python (tuples)."""
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items() if v is not None} or None
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """A plain-text table of an evaluation: one row per episode, then the summary."""
+    mode = "greedy" if result["greedy"] else "sampled"
+    lines = [
+        f"Evaluation after {result['env_steps']:,} env steps ({mode} actions)",
+        f"{'episode':>8} {'return':>10} {'length':>8}",
+    ]
+    for i, (ret, length) in enumerate(zip(result["returns"], result["lengths"], strict=True)):
+        lines.append(f"{i:>8} {ret:>10.1f} {int(length):>8}")
+    lines.append(f"{'mean':>8} {result['return_mean']:>10.1f} {result['length_mean']:>8.0f}")
+    lines.append(f"{'std':>8} {result['return_std']:>10.1f}")
+    if result.get("human_normalized") is not None:
+        lines.append(
+            f"human-normalised score ({result['game']}): {100 * result['human_normalized']:.1f} %"
+        )
+    return "\n".join(lines)

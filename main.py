@@ -1,0 +1,9 @@
+"""Drama in PyTorch Lightning: `python main.py fit --config configs/atari.yaml`.
+
+Subcommands: fit, validate, test, predict; `python main.py fit --help` lists every option.
+"""
+
+from lightning_drama.cli import main
+
+if __name__ == "__main__":
+    main()
