@@ -36,13 +36,14 @@ from lightning_drama.world_model import WorldModel  # noqa: E402
 
 
 def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the process (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GB)."""
+    """Keep freed memory in the process (mmap only above 1 GB, never trim the heap)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+    # -1 is SIZE_MAX for the trim threshold: never give the top of the heap back.
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, -1))
 
 
 def matmul_flops_per_s(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
