@@ -29,6 +29,8 @@ def python3_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     # Small tensors: one OpenMP thread is as fast and immune to a busy second core.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # The notebook trains in tempfile.mkdtemp() (its replay is tens of MB): keep that in tmp_path.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     return "python3"
 
 
