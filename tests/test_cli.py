@@ -1,0 +1,145 @@
+"""The product as a user meets it: main.py / LightningCLI, configs, checkpoints, resume, test."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_drama.cli import main, resolve_config_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+# debug.yaml made smaller still: a run is a few seconds.
+TINY = [
+    "--data.warmup_steps=32",
+    "--data.seq_len=16",
+    "--data.imagine_batch=16",
+    "--data.eval_episodes=2",
+    "--data.eval_max_steps=20",
+    "--trainer.val_check_interval=1000",
+    "--trainer.log_every_n_steps=5",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def run_cli(*args: str) -> None:
+    main(list(args))
+
+
+def datamodule_state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["DramaDataModule"]
+
+
+@pytest.mark.parametrize("config", ["atari.yaml", "debug.yaml"])
+def test_print_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", config, "--print_config")
+    assert exit_info.value.code in (None, 0)
+    printed = capsys.readouterr().out
+    assert "env_id: ALE/Pong-v5" in printed and "world_model:" in printed
+
+
+def test_bare_config_name_is_found_in_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = resolve_config_paths(["fit", "--config", "atari.yaml", "--config=debug"])
+    assert args[2] == str(ROOT / "configs" / "atari.yaml")
+    assert args[3] == "--config=" + str(ROOT / "configs" / "debug.yaml")
+    (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
+    assert resolve_config_paths(["--config", "mine.yaml"])[1] == "mine.yaml"
+
+
+def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_cli("fit", "--config", "debug.yaml", *TINY, "--data.total_env_steps=60")
+    run_dir = tmp_path / "runs" / "debug" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(int(r["step"]) <= 60 for r in rows)  # env steps are the x-axis
+    assert any(r.get("train/wm/recon") for r in rows) and any(r.get("train/ac/actor") for r in rows)
+    assert (run_dir / "replay" / "obs.npy").is_file()  # the replay lives in the run directory
+
+    first = datamodule_state(last)
+    assert first["env_steps"] == 60
+    assert int(first["replay"]["size"].sum()) == 60
+    n_first = first["replay"]["n_counts"].clone()
+
+    # Resume to twice the budget: counters continue from the checkpoint, nothing restarts.
+    run_cli(
+        "fit", "--config", "debug.yaml", *TINY, "--data.total_env_steps=120", f"--ckpt_path={last}"
+    )
+    resumed_dir = tmp_path / "runs" / "debug" / "version_1"
+    second = datamodule_state(resumed_dir / "checkpoints" / "last.ckpt")
+    assert second["env_steps"] == 120
+    assert int(second["replay"]["size"].sum()) == 120  # not 60 + a fresh warm-up
+    assert second["replay_dir"] == first["replay_dir"]  # kept writing the same replay files
+    # DFS counts kept growing from the checkpoint's: every old count is still there or larger.
+    assert torch.all(second["replay"]["n_counts"] >= n_first)
+    assert second["replay"]["n_counts"].sum() > n_first.sum()
+    assert not (resumed_dir / "replay").exists()
+
+    # A checkpoint for another action space is refused with a clear message. (Model sizes can't
+    # mismatch: LightningCLI takes the model's hyperparameters from the checkpoint.)
+    with pytest.raises(ValueError, match="model.num_actions is 6, the current config has 4"):
+        run_cli("test", "--config", "debug.yaml", *TINY, "--data.env_id=ALE/Breakout-v5",
+                f"--ckpt_path={last}")  # fmt: skip
+
+    capsys.readouterr()
+    run_cli("test", "--config", "debug.yaml", *TINY, f"--ckpt_path={last}")
+    out = capsys.readouterr()
+    table = out.out + out.err
+    assert "Evaluation after 60 env steps" in table
+    assert "human-normalised score (Pong)" in table
+    assert table.count("\n       0 ") + table.count("\n       1 ") >= 2  # one row per episode
+
+
+def test_main_py_runs_as_a_script(tmp_path):
+    # The entry point users type, in a fresh interpreter (also checks the import path).
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "fit", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--data.env_id" in result.stdout and "--model.world_model" in result.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "fit",
+            "--config",
+            "debug.yaml",
+            *TINY,
+            "--data.total_env_steps=80",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "debug" / "version_0"
+    state = datamodule_state(run_dir / "checkpoints" / "last.ckpt")
+    assert state["env_steps"] == 40  # each of the 2 ranks took half of the 80-step budget
+    # Each rank had its own replay and wrote its own state next to it.
+    assert (run_dir / "replay" / "rank_0" / "obs.npy").is_file()
+    assert (run_dir / "replay" / "rank_1" / "state-40.pt").is_file()
