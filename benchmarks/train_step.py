@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import statistics
 import sys
 import time
@@ -31,19 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_drama.agent import ActorCritic  # noqa: E402
+from lightning_drama.allocator import keep_freed_memory  # noqa: E402
 from lightning_drama.optim import LaProp  # noqa: E402
 from lightning_drama.world_model import WorldModel  # noqa: E402
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the process (mmap only above 1 GB, never trim the heap)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    # -1 is SIZE_MAX for the trim threshold: never give the top of the heap back.
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, -1))
 
 
 def matmul_flops_per_s(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
@@ -94,7 +83,7 @@ def main() -> None:
     parser.add_argument("--malloc-tuning", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
-    tuned = tune_glibc_malloc() if args.malloc_tuning else False
+    tuned = keep_freed_memory() if args.malloc_tuning else False
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_drama.allocator import keep_freed_memory
 from lightning_drama.data import DramaDataModule
 from lightning_drama.module import DramaModule
 
@@ -84,6 +85,8 @@ def _find_config(name: str) -> str:
 
 
 def main(args: list[str] | None = None) -> DramaCLI:
+    if os.environ.get("DRAMA_MALLOC_TUNING", "1") != "0":
+        keep_freed_memory()  # ~1.6x faster CPU updates; DRAMA_MALLOC_TUNING=0 turns it off
     if args is None:  # from the command line: rewrite sys.argv so LightningCLI parses it as usual
         sys.argv[1:] = resolve_config_paths(sys.argv[1:])
     else:

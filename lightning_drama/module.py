@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torchmetrics import CatMetric, MeanMetric
 
 from lightning_drama.agent import ActorCritic
@@ -264,7 +264,7 @@ class DramaModule(pl.LightningModule):
             # validate / test: the table is the result; also hand Lightning the numbers.
             for key, value in metrics.items():
                 self.log(key, value, rank_zero_only=True)
-            rank_zero_info(format_evaluation(result))
+            _print_on_rank_zero(format_evaluation(result))
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -295,6 +295,11 @@ class DramaModule(pl.LightningModule):
             random.setstate(rng["python"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+@rank_zero_only
+def _print_on_rank_zero(text: str) -> None:
+    print(text, flush=True)
 
 
 def _normalise(value: Any) -> Any:
