@@ -15,9 +15,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 
@@ -76,12 +76,26 @@ def current_rss_mb() -> float:
 
 
 def child_peak_memory(method: str, L: int, chunk: int) -> None:
-    """Runs in a subprocess: prints the peak RSS growth (MB) of one forward+backward."""
+    """Runs in a subprocess: prints the peak RSS growth (MB) of one forward+backward.
+
+    A sampling thread reads the resident size every millisecond (ru_maxrss would also count
+    whatever peak the imports reached before the measurement).
+    """
     inputs = make_inputs(L)
     before = current_rss_mb()
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], current_rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     fwd_bwd(method, L, chunk, inputs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    print(json.dumps({"peak_mb": peak - before}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"peak_mb": max(peak[0], current_rss_mb()) - before}))
 
 
 def peak_memory(method: str, L: int, chunk: int) -> float | None:
