@@ -101,6 +101,15 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     assert table.count("\n       0 ") + table.count("\n       1 ") >= 2  # one row per episode
 
 
+def test_fit_in_bf16_mixed_precision(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli("fit", "--config", "debug.yaml", *TINY, "--data.total_env_steps=50",
+            "--trainer.precision=bf16-mixed")  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "runs/debug/version_0/metrics.csv")))  # noqa: SIM115
+    losses = [float(r["train/wm/loss"]) for r in rows if r.get("train/wm/loss")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_main_py_runs_as_a_script(tmp_path):
     # The entry point users type, in a fresh interpreter (also checks the import path).
     result = subprocess.run(
