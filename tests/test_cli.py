@@ -151,4 +151,17 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert state["env_steps"] == 40  # each of the 2 ranks took half of the 80-step budget
     # Each rank had its own replay and wrote its own state next to it.
     assert (run_dir / "replay" / "rank_0" / "obs.npy").is_file()
-    assert (run_dir / "replay" / "rank_1" / "state-40.pt").is_file()
+    rank1 = torch.load(run_dir / "replay" / "rank_1" / "state-40.pt", weights_only=True)
+    assert rank1["env_steps"] == 40 and rank1["replay_dir"].endswith("rank_1")
+
+    # Resume under DDP: each rank continues from its own state and replay.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "fit", "--config", "debug.yaml", *TINY,
+         "--data.total_env_steps=120", "--trainer.strategy=ddp", "--trainer.devices=2",
+         "--trainer.accelerator=cpu", f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank1 = torch.load(run_dir / "replay" / "rank_1" / "state-60.pt", weights_only=True)
+    assert int(rank1["replay"]["size"].sum()) == 60  # 40 restored + 20, no fresh warm-up
+    assert rank1["replay"]["n_counts"].sum() > 0

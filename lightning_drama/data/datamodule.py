@@ -252,8 +252,18 @@ class DramaDataModule(pl.LightningDataModule):
         path = self.resume_from or (self.trainer.ckpt_path if self.trainer is not None else None)
         if not path or not os.path.isfile(str(path)):
             return None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        return checkpoint.get(type(self).__qualname__)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.get(type(self).__qualname__)
+        return self._own_state(state) if state else None
+
+    def _own_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint holds rank 0's state; other DDP ranks read theirs next to their replay."""
+        if self.world_size > 1 and self.rank > 0 and state.get("replay_saved_to"):
+            own = os.path.join(
+                self._rank_path(state["replay_saved_to"]), f"state-{state['env_steps']}.pt"
+            )
+            state = torch.load(own, map_location="cpu", weights_only=True)
+        return state
 
     def train_dataloader(self) -> DataLoader:
         if self.replay is None:
@@ -314,12 +324,7 @@ class DramaDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        if self.world_size > 1 and self.rank > 0 and state_dict.get("replay_saved_to"):
-            own = os.path.join(
-                self._rank_path(state_dict["replay_saved_to"]),
-                f"state-{state_dict['env_steps']}.pt",
-            )
-            state_dict = torch.load(own, map_location="cpu", weights_only=False)
+        state_dict = self._own_state(state_dict)
         if self.replay is None:
             self._pending_state = state_dict
         elif self._restored is not None and self._restored == state_dict.get("env_steps"):
