@@ -148,7 +148,8 @@ class DramaModule(pl.LightningModule):
             metrics.update({f"train/ac/{k}": v for k, v in ac_stats.items()})
             metrics.update({f"train/{k}_grad_norm": v for k, v in self._grad_norms.items()})
             metrics["train/lr"] = torch.tensor(wm_sched.get_last_lr()[0])
-            metrics["train/updates"] = torch.tensor(float(batch_idx + 1))
+            # global_step counts optimiser steps (two per update) and survives a resume.
+            metrics["train/updates"] = torch.tensor(float(self.global_step // 2))
             self.log_at_env_step(metrics)
             self.log_episode_statistics()
 
