@@ -8,16 +8,6 @@ from lightning_drama.agent import ActorCritic, RunningNorm
 from lightning_drama.returns import lambda_returns, percentile_range
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: one thread is as fast and immune to a busy second core (with two
-    OpenMP threads every op waits for the descheduled one: 40x slower on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_imagination(n: int = 512, horizon: int = 3, state_dim: int = 8, seed: int = 0):
     """2 actions, reward 1 for action 1 and 0 for action 0, nothing ever terminates."""
     g = torch.Generator().manual_seed(seed)

@@ -23,16 +23,6 @@ from lightning_drama.distributions import (
 from lightning_drama.returns import lambda_returns, percentile_range
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: one thread is as fast and immune to a busy second core (with two
-    OpenMP threads every op waits for the descheduled one: 40x slower on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_symlog_exact_values_and_inverse():
     x = torch.tensor([-(math.e - 1), 0.0, math.e**2 - 1])
     torch.testing.assert_close(symlog(x), torch.tensor([-1.0, 0.0, 2.0]))

@@ -8,16 +8,6 @@ import torch
 from lightning_drama.optim import LaProp, linear_warmup
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: one thread is as fast and immune to a busy second core (with two
-    OpenMP threads every op waits for the descheduled one: 40x slower on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_laprop_first_two_steps_hand_computed():
     lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-8, 0.0
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))

@@ -7,17 +7,6 @@ import torch.nn.functional as F
 from lightning_drama.optim import LaProp
 from lightning_drama.world_model import WorldModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: one thread is as fast and immune to a busy second core (with two
-    OpenMP threads every op waits for the descheduled one: 40x slower on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = dict(
     encoder_channels=(4, 8, 8, 8, 8),
     stoch=8,
