@@ -117,40 +117,41 @@ class Mamba2(nn.Module):
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
-    def _conv(self, xBC: Tensor, conv_state: Tensor | None, reset: Tensor | None) -> Tensor:
-        """Causal depthwise conv over [b, L, conv_dim] as k shifted multiply-adds.
+    def _padded_inputs(
+        self, xBC: Tensor, conv_state: Tensor | None, reset: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """`[conv_state, xBC]` along time, [b, k-1+L, C], and the number of resets up to each of
+        its positions, [b, k-1+L] (None without resets): two inputs are connected when their
+        counts are equal, i.e. no reset lies between them."""
+        if conv_state is None:
+            conv_state = xBC.new_zeros(xBC.shape[0], self.d_conv - 1, self.conv_dim)
+        xpad = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)
+        if reset is None:
+            return xpad, None
+        count = F.pad(torch.cumsum(reset.to(torch.int32), dim=1), (self.d_conv - 1, 0))
+        return xpad, count
+
+    def _conv(self, xpad: Tensor, count: Tensor | None, L: int) -> Tensor:
+        """Causal depthwise conv + SiLU as k shifted multiply-adds -> [b, L, C].
 
         Tap j sees the input k-1-j steps back; it is dropped when a reset lies between that input
         and the output, which is what a fresh start (zero padding) would have seen.
         """
-        b, L, _ = xBC.shape
-        k = self.d_conv
-        if conv_state is None:
-            conv_state = xBC.new_zeros(b, k - 1, self.conv_dim)
-        xpad = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)  # [b, k-1+L, C]
-        weight = self.conv_weight.to(xBC.dtype)
-        out = self.conv_bias.to(xBC.dtype).expand(b, L, -1)
-        if reset is None:
-            for j in range(k):
-                out = out + xpad[:, j : j + L] * weight[:, j]
-        else:
-            count = F.pad(torch.cumsum(reset.to(torch.int32), dim=1), (k - 1, 0))  # [b, k-1+L]
-            now = count[:, k - 1 :]
-            for j in range(k):
-                keep = (count[:, j : j + L] == now).unsqueeze(-1).to(xBC.dtype)
-                out = out + xpad[:, j : j + L] * keep * weight[:, j]
+        weight = self.conv_weight.to(xpad.dtype)
+        out = self.conv_bias.to(xpad.dtype).expand(xpad.shape[0], L, -1)
+        now = None if count is None else count[:, self.d_conv - 1 :]
+        for j in range(self.d_conv):
+            tap = xpad[:, j : j + L] * weight[:, j]
+            if count is not None:
+                tap = tap * (count[:, j : j + L] == now).unsqueeze(-1).to(xpad.dtype)
+            out = out + tap
         return F.silu(out)
 
-    def _final_conv_state(self, xBC: Tensor, conv_state: Tensor | None, reset: Tensor | None):
-        b = xBC.shape[0]
-        k = self.d_conv
-        if conv_state is None:
-            conv_state = xBC.new_zeros(b, k - 1, self.conv_dim)
-        window = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)[:, xBC.shape[1] :]
-        if reset is not None:
-            # Inputs before the last reset must not reach the next step.
-            count = F.pad(torch.cumsum(reset.to(torch.int32), dim=1), (k - 1, 0))[:, -(k - 1) :]
-            window = window * (count == count[:, -1:]).unsqueeze(-1).to(window.dtype)
+    def _final_conv_state(self, xpad: Tensor, count: Tensor | None, L: int) -> Tensor:
+        """The last k-1 inputs; those before the last reset must not reach the next step."""
+        window = xpad[:, L:]
+        if count is not None:
+            window = window * (count[:, L:] == count[:, -1:]).unsqueeze(-1).to(window.dtype)
         return window
 
     def forward(
@@ -163,11 +164,12 @@ class Mamba2(nn.Module):
         _check_reset(reset, (b, L), "Mamba2.forward")
         conv_state, ssm_state = (None, None) if state is None else state
         z, xBC, dt = self._split(self.in_proj(u))
-        new_conv_state = self._final_conv_state(xBC, conv_state, reset)
+        xpad, count = self._padded_inputs(xBC, conv_state, reset)
+        new_conv_state = self._final_conv_state(xpad, count, L)
         if kernels.use_fused_conv(xBC, self.conv_dim, self.force_torch):  # pragma: no cover
             xBC = kernels.fused_conv(xBC, self.conv_weight, self.conv_bias, conv_state, reset)
         else:
-            xBC = self._conv(xBC, conv_state, reset)
+            xBC = self._conv(xpad, count, L)
         x, B, C = torch.split(xBC, self._xbc_sizes, dim=-1)
         x = x.reshape(b, L, self.nheads, self.headdim)
         B = B.reshape(b, L, self.ngroups, self.d_state)
