@@ -286,8 +286,20 @@ class Mamba2Backbone(nn.Module):
                 )
         return [(state[2 * i], state[2 * i + 1]) for i in range(self.n_layers)]
 
-    def _residual(self, x: Tensor) -> Tensor:
-        return x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    def _run(
+        self, x: Tensor, state: State | None, reset: Tensor | None, one_step: bool
+    ) -> tuple[Tensor, State]:
+        """The residual stack: `mixer.step` per layer when `one_step`, else `mixer.forward`."""
+        residual = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        new_state: list[Tensor] = []
+        for norm, mixer, layer_state in zip(
+            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
+        ):
+            run = mixer.step if one_step else mixer
+            h, s = run(norm(residual), layer_state, reset)
+            residual = residual + self.dropout(h).to(residual.dtype)
+            new_state.extend(s)
+        return self.final_norm(residual), tuple(new_state)
 
     def forward(
         self, x: Tensor, state: State | None = None, reset: Tensor | None = None
@@ -298,15 +310,7 @@ class Mamba2Backbone(nn.Module):
                 f"Mamba2Backbone: expected input [B, L, {self.d_model}], got {tuple(x.shape)}"
             )
         _check_reset(reset, tuple(x.shape[:2]), "Mamba2Backbone.forward")
-        residual = self._residual(x)
-        new_state: list[Tensor] = []
-        for norm, mixer, layer_state in zip(
-            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
-        ):
-            h, s = mixer(norm(residual), layer_state, reset)
-            residual = residual + self.dropout(h).to(residual.dtype)
-            new_state.extend(s)
-        return self.final_norm(residual), tuple(new_state)
+        return self._run(x, state, reset, one_step=False)
 
     def step(self, x: Tensor, state: State, reset: Tensor | None = None) -> tuple[Tensor, State]:
         """x: [B, d_model], reset: [B] bool -> (y [B, d_model] fp32, state)."""
@@ -314,12 +318,4 @@ class Mamba2Backbone(nn.Module):
             raise ValueError(
                 f"Mamba2Backbone.step: expected input [B, {self.d_model}], got {tuple(x.shape)}"
             )
-        residual = self._residual(x)
-        new_state: list[Tensor] = []
-        for norm, mixer, layer_state in zip(
-            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
-        ):
-            h, s = mixer.step(norm(residual), layer_state, reset)
-            residual = residual + self.dropout(h).to(residual.dtype)
-            new_state.extend(s)
-        return self.final_norm(residual), tuple(new_state)
+        return self._run(x, state, reset, one_step=True)
