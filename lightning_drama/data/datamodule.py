@@ -232,21 +232,16 @@ class DramaDataModule(pl.LightningDataModule):
             return os.path.join(os.path.dirname(path), f"rank_{self.rank}")
         return path
 
-    def _run_dir(self) -> str | None:
-        if self.trainer is None or not self.trainer.loggers:
-            return None
-        return self.trainer.log_dir  # a collective under DDP: every rank calls this
+    def _run_replay_dir(self, base: str | None = None) -> str | None:
+        """`base` (default `<run directory>/replay`), per rank under DDP; None without a run dir."""
+        if base is None:
+            if self.trainer is None or not self.trainer.loggers:
+                return None
+            base = os.path.join(self.trainer.log_dir, "replay")  # log_dir: a DDP collective
+        return os.path.join(base, f"rank_{self.rank}") if self.world_size > 1 else base
 
     def _new_replay_dir(self) -> str | None:
-        if self.replay_dir == "memory":
-            return None
-        base = self.replay_dir
-        if base is None:
-            run_dir = self._run_dir()
-            base = None if run_dir is None else os.path.join(run_dir, "replay")
-        if base is not None and self.world_size > 1:
-            base = os.path.join(base, f"rank_{self.rank}")
-        return base
+        return None if self.replay_dir == "memory" else self._run_replay_dir(self.replay_dir)
 
     def _state_from_checkpoint(self) -> dict[str, Any] | None:
         path = self.resume_from or (self.trainer.ckpt_path if self.trainer is not None else None)
@@ -301,11 +296,7 @@ class DramaDataModule(pl.LightningDataModule):
             return dict(self._pending_state or {})
         saved_to = self.replay.directory
         if saved_to is None:
-            run_dir = self._run_dir()
-            if run_dir is not None:
-                saved_to = os.path.join(run_dir, "replay")
-                if self.world_size > 1:
-                    saved_to = os.path.join(saved_to, f"rank_{self.rank}")
+            saved_to = self._run_replay_dir()
         if saved_to is not None:
             saved_to = os.path.abspath(saved_to)
             self.replay.save(saved_to)
