@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lightning_drama.allocator import keep_freed_memory  # noqa: E402
 from lightning_drama.ssm import Mamba2Backbone, ssd_reference, ssd_scan  # noqa: E402
 
 B, H, P, N = 16, 16, 64, 16
+TUNED = True  # set by main(): whether glibc keeps freed memory (as the training CLI does)
 
 
 def quadratic_ssd(x, dt, A, Bm, C, chunk_size=None, D=None, initial_state=None, reset=None):
@@ -57,7 +59,8 @@ def make_inputs(L: int, seed: int = 0):
 def fwd_bwd(method: str, L: int, chunk: int, inputs=None) -> None:
     inputs = inputs or make_inputs(L)
     y, _ = METHODS[method](*inputs, chunk)
-    y.sum().backward()
+    # A dense upstream gradient, as in training (y.sum() would send a stride-0 one).
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
 
 
 def time_it(fn, min_time: float = 0.5, max_reps: int = 10) -> float:
@@ -102,7 +105,8 @@ def peak_memory(method: str, L: int, chunk: int) -> float | None:
     if not sys.platform.startswith("linux"):
         return None
     out = subprocess.run(
-        [sys.executable, __file__, "--child", method, str(L), str(chunk)],
+        [sys.executable, __file__, "--child", method, str(L), str(chunk)]
+        + ([] if TUNED else ["--no-malloc-tuning"]),
         capture_output=True,
         text=True,
         check=True,
@@ -169,8 +173,16 @@ def fmt(v, unit="ms"):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="L up to 512, fewer chunk sizes")
+    parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's default of returning freed memory to the OS (the CLI's training runs "
+        "keep it, see lightning_drama/allocator.py)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global TUNED
+    TUNED = not args.no_malloc_tuning and keep_freed_memory()
     if args.child:
         method, L, chunk = args.child
         child_peak_memory(method, int(L), int(chunk))
@@ -179,7 +191,8 @@ def main() -> None:
     chunks = [32, 64] if args.quick else [16, 32, 64, 128]
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"malloc keeps freed memory: {TUNED}"
     )
     rows = bench_scan(lengths, chunks)
     print(f"\nSSD forward+backward, B={B} H={H} P={P} N={N} (fp32, CPU)\n")

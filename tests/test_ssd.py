@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_drama.ssm import segsum_exp, ssd_reference, ssd_scan, ssd_step
+from lightning_drama.ssm import segsum_exp, ssd, ssd_reference, ssd_scan, ssd_step
 
 
 def make_inputs(b=2, L=16, H=4, P=3, G=1, N=5, dtype=torch.float64, seed=0):
@@ -21,9 +21,20 @@ def make_inputs(b=2, L=16, H=4, P=3, G=1, N=5, dtype=torch.float64, seed=0):
 
 CASES = list(itertools.product([1, 7, 64, 130], [16, 64], [1, 2], [False, True], [False, True]))
 
+# ssd_scan has two forms of the within-chunk part (see lightning_drama/ssm/ssd.py); each test that
+# uses this fixture runs once per form. A bound of -1 forces the segment-sum form; an unbounded
+# one forces the factored form (fp64 has the range for these inputs).
+FORMS = {"factored": float("inf"), "segsum": -1.0}
+
+
+@pytest.fixture(params=list(FORMS))
+def form(request, monkeypatch):
+    monkeypatch.setattr(ssd, "FACTORED_MAX_EXPONENT", FORMS[request.param])
+    return request.param
+
 
 @pytest.mark.parametrize("L,chunk,G,with_state,with_reset", CASES)
-def test_scan_matches_reference_fp64(L, chunk, G, with_state, with_reset):
+def test_scan_matches_reference_fp64(L, chunk, G, with_state, with_reset, form):
     x, dt, A, B, C = make_inputs(b=3, L=L, H=4, P=3, G=G, N=5, seed=L + chunk + G)
     g = torch.Generator().manual_seed(1)
     h0 = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64) if with_state else None
@@ -39,7 +50,9 @@ def test_scan_matches_reference_fp64(L, chunk, G, with_state, with_reset):
 
 
 @pytest.mark.parametrize("L", [7, 130])
-def test_scan_fp32_relative_error(L):
+def test_scan_fp32_relative_error(L, form):
+    if form == "factored":  # in fp32 the factored form runs within its default bound only
+        ssd.FACTORED_MAX_EXPONENT = 60.0
     x, dt, A, B, C = make_inputs(b=2, L=L, H=4, P=8, G=2, N=16, seed=3)
     reset = torch.zeros(2, L, dtype=torch.bool)
     reset[1, L // 3] = True
@@ -69,7 +82,7 @@ def test_hand_computed_scalar_case():
     torch.testing.assert_close(y.flatten()[2], 3 * ln2, rtol=0, atol=1e-12)
 
 
-def test_reset_equals_fresh_start():
+def test_reset_equals_fresh_start(form):
     x, dt, A, B, C = make_inputs(b=2, L=50, G=2, seed=5)
     h0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
     reset = torch.zeros(2, 50, dtype=torch.bool)
@@ -108,14 +121,14 @@ def test_segsum_exp_small():
     torch.testing.assert_close(M, expected)
 
 
-def test_gradcheck_tiny():
+def test_gradcheck_tiny(form):
     x, dt, A, B, C = make_inputs(b=1, L=5, H=2, P=2, G=1, N=2, seed=7)
     h0 = torch.randn(1, 2, 2, 2, dtype=torch.float64)
     reset = torch.tensor([[False, False, False, True, False]])
     inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, h0)]
 
     def f(x, dt, A, B, C, h0):
-        return ssd_scan(x, dt, A, B, C, chunk_size=2, initial_state=h0, reset=reset)
+        return ssd_scan(x, dt, A, B, C, chunk_size=2, D=A, initial_state=h0, reset=reset)
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -148,3 +161,59 @@ def test_bad_shapes_raise_value_error(change, match):
     args = change({"x": x, "dt": dt, "A": A, "B": B, "C": C})
     with pytest.raises(ValueError, match=match):
         ssd_scan(**args)
+
+
+def test_forms_are_chosen_by_the_decay_bound(monkeypatch):
+    calls = []
+    for name in ("_ssd_chunked_factored", "_ssd_chunked_segsum"):
+        original = getattr(ssd, name)
+        monkeypatch.setattr(ssd, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    x, dt, A, B, C = make_inputs(b=2, L=32, H=4, P=3, seed=7)
+    ssd_scan(x, dt.clamp(max=0.5), A.clamp(min=-3.0), B, C, chunk_size=16)  # span <= 24
+    assert calls == ["_ssd_chunked_factored"]
+    calls.clear()
+    ssd_scan(x, dt + 1.0, A - 10.0, B, C, chunk_size=16)  # a chunk decays by more than e^-160
+    assert calls == ["_ssd_chunked_segsum"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strong_decay_stays_exact(dtype):
+    # Decays of up to e^-60 per step: far outside the factored form's range, so the segment-sum
+    # form takes over; no overflow, and the result is still the recurrence.
+    x, dt, A, B, C = make_inputs(b=2, L=70, H=4, P=3, G=2, seed=11)
+    dt, A = dt + 2.0, A * 10.0
+    reset = torch.zeros(2, 70, dtype=torch.bool)
+    reset[0, 33] = True
+    y_ref, f_ref = ssd_reference(x, dt, A, B, C, reset=reset)
+    y, f = ssd_scan(*(t.to(dtype) for t in (x, dt, A, B, C)), chunk_size=32, reset=reset)
+    assert torch.isfinite(y).all() and torch.isfinite(f).all()
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert (y.double() - y_ref).norm() / y_ref.norm() < tol
+    assert (f.double() - f_ref).norm() / f_ref.norm() < tol
+
+
+def test_long_sequences_run_in_segments(monkeypatch, form):
+    # Segments of 32 steps (chunk 16) with the state carried equal one pass; resets and
+    # padding included, gradients too.
+    monkeypatch.setattr(ssd, "SEGMENT_LENGTH", 32)
+    x, dt, A, B, C = make_inputs(b=2, L=101, H=4, P=3, G=2, seed=13)
+    reset = torch.zeros(2, 101, dtype=torch.bool)
+    reset[1, [31, 32, 70]] = True
+    h0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, dt, B, C)]
+    y, f = ssd_scan(*args[:2], A, *args[2:], 16, initial_state=h0, reset=reset)
+    y_ref, f_ref = ssd_reference(x, dt, A, B, C, initial_state=h0, reset=reset)
+    assert (y - y_ref).abs().max() < 1e-10 and (f - f_ref).abs().max() < 1e-10
+    (y.square().sum() + f.sum()).backward()
+    ref_args = [t.clone().requires_grad_() for t in (x, dt, B, C)]
+    y_ref, f_ref = ssd_reference(*ref_args[:2], A, *ref_args[2:], initial_state=h0, reset=reset)
+    (y_ref.square().sum() + f_ref.sum()).backward()
+    for a, r in zip(args, ref_args, strict=True):
+        assert (a.grad - r.grad).abs().max() < 1e-9
+
+
+def test_empty_sequence_passes_the_state_through():
+    x, dt, A, B, C = make_inputs(b=2, L=0)
+    h0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    y, f = ssd_scan(x, dt, A, B, C, initial_state=h0)
+    assert y.shape == (2, 0, 4, 3) and torch.equal(f, h0)

@@ -10,6 +10,14 @@ with `reset[b, t]` meaning h_{t-1} is treated as zero (an episode boundary insid
 `ssd_scan` computes it chunk by chunk: inside a chunk of length l the quadratic (attention-like)
 form, across chunks a linear recurrence over chunk states, so the cost is linear in L.
 `ssd_reference` is the plain sequential loop, the ground truth for the tests.
+
+Two forms of the within-chunk part give the same result:
+- factored (the fast one on CPU): the decay exp(cs_t - cs_s) is split into a scale on the inputs
+  and one on the outputs, so all heads of a group share one [l, l] matrix per chunk and the
+  products run on large [l, heads * P] blocks in the input's own layout;
+- segment sum: a per-head [l, l] decay matrix from masked cumulative sums, stable for any decay.
+Each segment of up to `SEGMENT_LENGTH` steps takes the factored form when its scales stay within
+`FACTORED_MAX_EXPONENT` (every chunk decaying by less than e^-120), else the segment-sum form.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+SEGMENT_LENGTH = 256
 
 
 def _check_inputs(
@@ -114,86 +124,249 @@ def ssd_scan(
         raise ValueError(f"ssd_scan: chunk_size must be >= 1, got {chunk_size}")
     out_dtype = x.dtype
     dtype = _compute_dtype(x)
+    if x.shape[1] == 0:  # nothing to scan: the state passes through
+        b, _, H, P = x.shape
+        final = x.new_zeros(b, H, P, B.shape[-1], dtype=dtype)
+        return x.new_zeros(x.shape), final if initial_state is None else initial_state.to(dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        y, final = _ssd_chunked(
-            x.to(dtype),
-            dt.to(dtype),
-            A.to(dtype),
-            B.to(dtype),
-            C.to(dtype),
-            min(chunk_size, x.shape[1]),
-            None if initial_state is None else initial_state.to(dtype),
-            reset,
-        )
-        if D is not None:
-            y = torch.addcmul(y, x.to(dtype), D.to(dtype)[:, None])
-    return y.to(out_dtype), final
+        x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+        D = None if D is None else D.to(dtype)
+        state = None if initial_state is None else initial_state.to(dtype)
+        l = min(chunk_size, x.shape[1])
+        seg = max(l, SEGMENT_LENGTH // l * l)
+        # Long sequences go through in segments with the state carried: the same result, but
+        # each segment's intermediates stay small enough to be reused from the allocator's
+        # cache instead of being page-faulted in afresh (L = 2048 ran 2x slower in one piece).
+        # split, not slicing: a slice's gradient is a zero-filled tensor of the full size.
+        pieces = [t.split(seg, dim=1) for t in (x, dt, B, C)]
+        resets = [None] * len(pieces[0]) if reset is None else reset.split(seg, dim=1)
+        ys = []
+        for x_k, dt_k, B_k, C_k, reset_k in zip(*pieces, resets, strict=True):
+            y, state = _ssd_chunk_segment(x_k, dt_k, A, B_k, C_k, D, l, state, reset_k)
+            ys.append(y)
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+    return y.to(out_dtype), state
 
 
-def _ssd_chunked(
+def _pad_to_chunks(l: int, x, dt, B, C, reset):
+    """Pads the time axis to a multiple of l. Zero dt means no decay and no input, so padded
+    steps leave the final state exact."""
+    pad = (-x.shape[1]) % l
+    if pad:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        if reset is not None:
+            reset = F.pad(reset, (0, pad))
+    return x, dt, B, C, reset
+
+
+def _ssd_chunk_segment(
     x: Tensor,
     dt: Tensor,
     A: Tensor,
     B: Tensor,
     C: Tensor,
+    D: Tensor | None,
     l: int,
     initial_state: Tensor | None,
     reset: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
+    """One segment of the scan: the factored form when its exponentials are in range, else the
+    segment-sum form (the same result; see `_ssd_chunked_factored`)."""
+    L = x.shape[1]
+    x, dt, B, C, reset = _pad_to_chunks(l, x, dt, B, C, reset)
+    b, Lp, H, _ = x.shape
+    cs = torch.cumsum((dt * A).view(b, Lp // l, l, H), dim=2)  # log-decay, chunk start -> t
+    if _factored_in_range(cs):
+        y, final = _ssd_chunked_factored(x, dt, cs, B, C, D, l, initial_state, reset)
+    else:
+        y, final = _ssd_chunked_segsum(x, dt, A, B, C, D, l, initial_state, reset)
+    return y[:, :L], final
+
+
+# The factored form scales by exp(+-z) with |z| up to half a chunk's total log-decay. Beyond
+# this bound (a chunk decaying by more than e^-120) the segment-sum form takes over.
+FACTORED_MAX_EXPONENT = 60.0
+
+
+def _factored_in_range(cs: Tensor) -> bool:
+    if cs.numel() == 0:
+        return True
+    half = 0.5 * cs[:, :, -1:]
+    bound = torch.maximum((half - cs).abs().amax(), half.abs().amax())
+    return bool(bound <= FACTORED_MAX_EXPONENT)
+
+
+def _ssd_chunked_factored(
+    x: Tensor,
+    dt: Tensor,
+    cs: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    l: int,
+    initial_state: Tensor | None,
+    reset: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The chunked scan with the within-chunk decay factored out of the matrix products.
+
+    Inside a chunk, decay(s->t) = exp(cs_t - cs_s) = exp(cs_t - m) * exp(m - cs_s) with m half
+    the chunk's total log-decay, so every head shares one [l, l] matrix (C_t . B_s, causal) per
+    chunk and group: the products run over [l, heads * P] blocks in the input's own time-major
+    layout, with no per-head matrices and no transposes. The two scalings are elementwise.
+    Exact in exact arithmetic; in floating point the relative error grows with |z| of exp(z),
+    which `FACTORED_MAX_EXPONENT` bounds (at 60, ~4e-6 in fp32).
+    """
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     hg = H // G  # heads per group
-    pad = (-L) % l
-    if pad:
-        # Zero dt means no decay and no input: padded steps leave the final state exact.
-        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
-        dt = F.pad(dt, (0, 0, 0, pad))
-        if reset is not None:
-            reset = F.pad(reset, (0, pad))
-    c = (L + pad) // l  # number of chunks
+    c = L // l
+    n = b * c  # chunks in the batch
+    half = 0.5 * cs[:, :, -1:]  # m: [b, c, 1, H]
+    w_in = torch.exp(half - cs) * dt.view(b, c, l, H)  # exp(m - cs_s) dt_s
+    w_out = torch.exp(cs - half)  # exp(cs_t - m)
+    u = (x.view(b, c, l, H, P) * w_in.unsqueeze(-1)).view(n, l, G, hg * P)
+    Bc, Cc = B.reshape(n, l, G, N), C.reshape(n, l, G, N)
 
-    x = x.view(b, c, l, H, P)
-    B = B.view(b, c, l, G, N)
-    C = C.view(b, c, l, G, N)
-    a = (dt * A).view(b, c, l, H).permute(0, 1, 3, 2)  # log-decays [b, c, H, l]
-    # Heads before time so every per-chunk matrix product below reads contiguous blocks.
-    xdt = (x * dt.view(b, c, l, H, 1)).permute(0, 1, 3, 2, 4).contiguous()  # [b, c, H, l, P]
-    r = None if reset is None else reset.view(b, c, 1, l)
+    keep = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()  # s <= t
+    B_end, C_start = Bc, Cc  # B_s whose input reaches the chunk end; C_t the entering state
+    gate = torch.exp(cs[:, :, -1])  # decay across the whole chunk: [b, c, H]
+    if reset is not None:  # a reset at k cuts every path that crosses k
+        count = torch.cumsum(reset.reshape(n, l).to(torch.int32), dim=-1)
+        keep = keep & (count[:, :, None] == count[:, None, :])  # [n, l, l]
+        B_end = Bc * (count == count[:, -1:]).view(n, l, 1, 1)
+        C_start = Cc * (count == 0).view(n, l, 1, 1)
+        gate = gate * (count[:, -1] == 0).view(b, c, 1)
 
-    # 1. Within each chunk: y_t = sum_{s<=t} (C_t . B_s) decay(s->t) dt_s x_s.
-    decay = segsum_exp(a, r)  # [b, c, H, l(t), l(s)]
-    CB = torch.einsum("bctgn,bcsgn->bcgts", C, B)  # [b, c, G, l, l]
-    scores = (CB.unsqueeze(3) * decay.view(b, c, G, hg, l, l)).view(b, c, H, l, l)
-    y = scores @ xdt  # [b, c, H, l, P]
+    # Per group (unbind, not indexing: an index's gradient is a zero-filled full-size tensor).
+    u_g, B_g, C_g, B_end_g, C_start_g = (_split_groups(t) for t in (u, Bc, Cc, B_end, C_start))
+
+    # The state each chunk leaves behind on its own, [b, c, N, H, P]: its exp(cs_end - m) = exp(m).
+    scale_m = torch.exp(half).view(b, c, 1, H, 1)
+    states = _join_groups([Bk.transpose(1, 2) @ uk for Bk, uk in zip(B_end_g, u_g, strict=True)])
+    states = states.view(b, c, N, H, P) * scale_m
+
+    # Across chunks: h_{k+1} = decay(chunk k) h_k + states_k, a short loop over c chunk states.
+    h = x.new_zeros(b, N, H, P) if initial_state is None else initial_state.permute(0, 3, 1, 2)
+    entering = []
+    # unbind, not indexing: the gradient of each index would be a zero-filled full-size tensor.
+    for state_k, gate_k in zip(states.unbind(1), gate.unbind(1), strict=True):
+        entering.append(h)
+        h = torch.addcmul(state_k, gate_k.view(b, 1, H, 1), h)
+    final = h.permute(0, 2, 3, 1)  # [b, H, P, N]
+    # exp(cs_t) C_t h_in = exp(cs_t - m) * (C_t (exp(m) h_in)): the second factor joins w_out.
+    h_in = _split_groups((torch.stack(entering, dim=1) * scale_m).view(n, N, G, hg * P))
+
+    # y_t = exp(cs_t - m) [sum_{s<=t} (C_t . B_s) u_s + C_t (exp(m) h_in)] (+ D x_t).
+    ys = []
+    for Bk, Ck, Csk, hk, uk in zip(B_g, C_g, C_start_g, h_in, u_g, strict=True):
+        CB = (Ck @ Bk.transpose(1, 2)) * keep  # [n, l, l]
+        ys.append(torch.baddbmm(Csk @ hk, CB, uk))
+    y = _join_groups(ys).view(b, c, l, H, P) * w_out.unsqueeze(-1)
+    y = y.view(b, L, H, P)
+    if D is not None:
+        y = torch.addcmul(y, x, D.view(H, 1))
+    return y, final
+
+
+def _split_groups(t: Tensor) -> list[Tensor] | tuple[Tensor, ...]:
+    """[n, k, G, m] -> G tensors [n, k, m]; a view (and a free gradient) for one group."""
+    return [t.squeeze(2)] if t.shape[2] == 1 else t.unbind(2)
+
+
+def _join_groups(parts: list[Tensor]) -> Tensor:
+    """Per-group results [..., hg * P] side by side along the last dim (no copy for one group)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+class _TransposeContiguous(torch.autograd.Function):
+    """`t.transpose(1, 2).contiguous()` whose gradient is made contiguous once, too.
+
+    The chunked scan works head-major ([b, H, L, ...]) so that every per-chunk matrix product
+    reads one flat batch of matrices; with a plain transpose the incoming gradient would stay a
+    strided view and each matrix product of the backward pass would copy it again.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        return t.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.transpose(1, 2).contiguous()
+
+
+def _head_major(t: Tensor) -> Tensor:
+    return _TransposeContiguous.apply(t)
+
+
+def _ssd_chunked_segsum(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    l: int,
+    initial_state: Tensor | None,
+    reset: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The chunked scan with a per-head decay matrix from `segsum_exp`: stable for any decay.
+
+    Works head-major ([b, H, c, l, ...]) so each per-chunk product reads one flat batch of
+    matrices; dt, the decays and D are folded into the small [l, l] and [l, N] factors.
+    """
+    b, L, H, P = x.shape  # L is a multiple of l
+    G, N = B.shape[2:]
+    hg = H // G  # heads per group
+    c = L // l  # number of chunks
+
+    # Head-major layout, [b, H, c, l, ...]: every product below is one flat batch of matrices.
+    # dt, the decays and D are folded into the small [l, l] and [l, N] factors, so the only
+    # passes over x-sized tensors are the matrix products themselves.
+    xh = _head_major(x).view(b, H, c, l, P)
+    Bg = _head_major(B).view(b, G, 1, c, l, N)
+    Cg = _head_major(C).view(b, G, 1, c, l, N)
+    dth = dt.transpose(1, 2).reshape(b, G, hg, c, l)
+    a = dth * A.view(G, hg, 1, 1)  # log-decays [b, G, hg, c, l]
+    r = None if reset is None else reset.view(b, 1, 1, c, l)
+
+    # 1. Within each chunk: y_t = sum_{s<=t} (C_t . B_s) decay(s->t) dt_s x_s  (+ D x_t).
+    decay = segsum_exp(a, r)  # [b, G, hg, c, l(t), l(s)]
+    CB = Cg @ Bg.transpose(-1, -2)  # [b, G, 1, c, l, l], shared by the group's heads
+    scores = CB * (decay * dth.unsqueeze(-2))  # [b, G, hg, c, l, l]
+    if D is not None:
+        eye = torch.eye(l, dtype=x.dtype, device=x.device)
+        scores = torch.addcmul(scores, D.view(G, hg, 1, 1, 1), eye)
 
     # 2. The state each chunk leaves behind on its own: sum_s decay(s->end) dt_s x_s B_s^T.
-    to_end = decay[..., -1, :]  # [b, c, H, l]
-    xw = (xdt * to_end.unsqueeze(-1)).view(b, c, G, hg, l, P).transpose(-1, -2)  # [.., P, l]
-    chunk_states = (xw.reshape(b, c, G, hg * P, l) @ B.transpose(2, 3)).view(b, c, H, P, N)
+    to_end = decay[..., -1, :] * dth  # [b, G, hg, c, l]
+    Bw = (Bg * to_end.unsqueeze(-1)).view(b, H, c, l, N)
+    chunk_states = xh.transpose(-1, -2) @ Bw  # [b, H, c, P, N]
 
-    # 3. Across chunks: the state entering each chunk, by the same decay matrix one level up.
-    if initial_state is None:
-        initial_state = x.new_zeros(b, H, P, N)
-    states = torch.cat([initial_state.unsqueeze(1), chunk_states], dim=1)  # [b, c+1, H, P, N]
-    chunk_a = F.pad(a.sum(-1), (0, 0, 1, 0)).transpose(1, 2)  # [b, H, c+1]; index 0 = initial
-    chunk_r = None
-    if reset is not None:
-        chunk_r = F.pad(reset.view(b, c, l).any(-1), (1, 0)).view(b, 1, c + 1)
-    across = segsum_exp(chunk_a, chunk_r)  # [b, H, c+1, c+1]
-    states = across @ states.permute(0, 2, 1, 3, 4).reshape(b, H, c + 1, P * N)
-    states = states.view(b, H, c + 1, P, N)
-    entering, final = states[:, :, :-1], states[:, :, -1]  # [b, H, c, P, N], [b, H, P, N]
+    # 3. Across chunks: h_{k+1} = decay(chunk k) h_k + chunk_states_k, a short sequential loop
+    # over c = L / l chunk states (the [c, c] decay-matrix form is quadratic in c and its
+    # small products are slower on CPU already at L = 128).
+    gate = torch.exp(a.sum(-1)).view(b, H, c, 1, 1)  # decay across a whole chunk
+    if reset is not None:  # a reset anywhere in chunk k cuts the state coming into it
+        gate = gate * ~reset.view(b, 1, c, l, 1).any(-2, keepdim=True)
+    h = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
+    entering = []
+    # unbind, not indexing: the gradient of each index would be a zero-filled full-size tensor.
+    for state_k, gate_k in zip(chunk_states.unbind(2), gate.unbind(2), strict=True):
+        entering.append(h)
+        h = torch.addcmul(state_k, gate_k, h)
+    entering, final = torch.stack(entering, dim=2), h  # [b, H, c, P, N], [b, H, P, N]
 
-    # 4. What the entering state contributes inside the chunk: C_t h_in decay(start->t).
-    from_start = torch.exp(torch.cumsum(a, dim=-1))  # [b, c, H, l]
+    # 4. The entering state seen from inside the chunk: C_t h_in decay(start->t), added to the
+    # within-chunk part by one fused batched product.
+    from_start = torch.exp(torch.cumsum(a, dim=-1))  # [b, G, hg, c, l]
     if reset is not None:
         from_start = from_start * (torch.cumsum(r.to(torch.int32), dim=-1) == 0)
-    h_in = entering.transpose(1, 2).reshape(b, c, G, hg, P, N).permute(0, 1, 2, 5, 3, 4)
-    y_in = C.transpose(2, 3) @ h_in.reshape(b, c, G, N, hg * P)  # [b, c, G, l, hg*P]
-    y_in = y_in.view(b, c, G, l, hg, P).transpose(3, 4).reshape(b, c, H, l, P)
-    y = torch.addcmul(y, y_in, from_start.unsqueeze(-1))  # [b, c, H, l, P]
-    y = y.transpose(2, 3).reshape(b, c * l, H, P)
-    return y[:, :L], final
+    Cw = (Cg * from_start.unsqueeze(-1)).view(b * H * c, l, N)
+    y_in = Cw @ entering.reshape(b * H * c, P, N).transpose(-1, -2)  # [b*H*c, l, P]
+    y = torch.baddbmm(y_in, scores.reshape(b * H * c, l, l), xh.view(b * H * c, l, P))
+    return _head_major(y.view(b, H, L, P)), final  # [b, L, H, P]
 
 
 def ssd_reference(
