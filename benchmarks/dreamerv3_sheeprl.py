@@ -42,6 +42,7 @@ local CPU build of torch instead of letting pip fetch CUDA wheels):
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import sys
@@ -144,6 +145,16 @@ def fill_buffer(cfg: dotdict, env: gym.Env, n_rows: int, seed: int) -> EnvIndepe
     return rb
 
 
+def keep_freed_memory() -> bool:
+    """The glibc setting of Drama's training CLI (lightning_drama/allocator.py), for a like-for-
+    like comparison: serve blocks below 1 GiB from the heap and never trim it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, -1))
+    except (OSError, AttributeError):
+        return False
+
+
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -159,7 +170,14 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--env-steps", type=int, default=1024, help="rows of random play to sample")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--malloc-tuning",
+        action="store_true",
+        help="keep freed memory in the process (glibc mallopt), as Drama's training CLI does",
+    )
     args = parser.parse_args()
+    if args.malloc_tuning:
+        keep_freed_memory()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -292,6 +310,7 @@ def main() -> None:
         "torch": torch.__version__,
         "sheeprl": sheeprl.__version__,
         "threads": torch.get_num_threads(),
+        "malloc_tuning": args.malloc_tuning,
     }
     print(json.dumps(result))
 

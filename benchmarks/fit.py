@@ -8,14 +8,24 @@ configs/atari.yaml (Pong, batch 16 x 128, 1024 x (8 + 16) imagination), times ev
 the first (the collector's env step included), counts the FLOPs of one full update with
 FlopCounterMode, and prints seconds per env step, world-model frames per second, the achieved
 FLOP/s and the projected hours for Atari100k (100k env steps, one update each).
+
+With `--dreamer-python PATH` (the python of a venv with sheeprl 0.8.4, see
+benchmarks/dreamerv3_sheeprl.py for the install), the same run then measures sheeprl's DreamerV3
+XS on Pong (replay ratio 1, batch 16 x 64, horizon 15) one gradient step at a time, in each
+precision, with the same thread count and malloc setting, and prints both side by side with the
+ratios of time per env step and of achieved FLOP/s:
+
+    python benchmarks/fit.py --dreamer-python /work/venv-sheeprl/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,10 +119,41 @@ def count_update_flops(model: DramaModule, datamodule: DramaDataModule, precisio
     return float(counter.get_total_flops())
 
 
+def measure_dreamer(python: str, precision: str, updates: int) -> dict:
+    """sheeprl's DreamerV3 XS gradient step, in its own interpreter (its own dependencies)."""
+    command = [python, str(ROOT / "benchmarks" / "dreamerv3_sheeprl.py"), "--precision", precision]
+    command += ["--steps", str(updates), "--threads", str(torch.get_num_threads())]
+    command += ["--malloc-tuning"]
+    print(f"  running {' '.join(command)}", file=sys.stderr, flush=True)
+    out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return {
+        "precision": precision,
+        "s_per_update": result["seconds_per_update"],
+        "frames_per_s": result["wm_frames_per_second"],
+        "flops": result["flops_per_update"],
+        "hours_100k": result["seconds_per_update"] * 100_000 / 3600,
+        "params": result["params"]["trained_total"],
+    }
+
+
+def print_table(rows: list[dict], agent: str) -> None:
+    for r in rows:
+        print(
+            f"| {agent} | {r['precision']} | {r['s_per_update']:.2f} | {r['frames_per_s']:.0f} | "
+            f"{r['flops'] / 1e9:.0f} | {r['flops'] / r['s_per_update'] / 1e9:.0f} | "
+            f"{r['hours_100k']:.0f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=3, help="timed updates per precision")
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
+    parser.add_argument(
+        "--dreamer-python",
+        help="python of a venv with sheeprl 0.8.4: also measure its DreamerV3 XS, side by side",
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as main.py does
     print(
@@ -120,21 +161,30 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; configs/atari.yaml (Pong)"
     )
     rows = [measure(p, args.updates) for p in args.precisions]
+    dreamer = []
+    if args.dreamer_python:
+        dreamer = [measure_dreamer(args.dreamer_python, p, args.updates) for p in args.precisions]
     print(
-        "\n| precision | s per env step (= update) | world-model frames/s | GFLOP per update "
-        "| achieved GFLOP/s | projected Atari100k hours |"
+        "\n| agent | precision | s per env step (= update) | world-model frames/s "
+        "| GFLOP per update | achieved GFLOP/s | projected Atari100k hours |"
     )
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['precision']} | {r['s_per_update']:.2f} | {r['frames_per_s']:.0f} | "
-            f"{r['flops'] / 1e9:.0f} | {r['flops'] / r['s_per_update'] / 1e9:.0f} | "
-            f"{r['hours_100k']:.0f} |"
-        )
+    print("|---|---|---|---|---|---|---|")
+    print_table(rows, "Drama XS (ours)")
+    print_table(dreamer, "DreamerV3 XS (sheeprl 0.8.4)")
     if len(rows) > 1:
         print(
-            f"\n{rows[0]['precision']} / {rows[1]['precision']} time ratio: "
+            f"\nDrama {rows[0]['precision']} / {rows[1]['precision']} time ratio: "
             f"{rows[0]['s_per_update'] / rows[1]['s_per_update']:.2f}"
+        )
+    for ours, theirs in zip(rows, dreamer, strict=False):
+        flops_ratio = (ours["flops"] / ours["s_per_update"]) / (
+            theirs["flops"] / theirs["s_per_update"]
+        )
+        print(
+            f"{ours['precision']}: Drama / DreamerV3 achieved FLOP/s = {flops_ratio:.2f} "
+            f"(target >= 1); time per env step Drama / DreamerV3 = "
+            f"{ours['s_per_update'] / theirs['s_per_update']:.2f}; FLOPs per update "
+            f"{ours['flops'] / theirs['flops']:.2f}x"
         )
 
 

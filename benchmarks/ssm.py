@@ -53,14 +53,16 @@ def make_inputs(L: int, seed: int = 0):
     A = -torch.rand(H, generator=g) * 4 - 0.5
     Bm = torch.randn(B, L, 1, N, generator=g)
     C = torch.randn(B, L, 1, N, generator=g)
-    return [t.requires_grad_() for t in (x, dt, A, Bm, C)]
+    # A dense upstream gradient, as in training (y.sum() would send a stride-0 one).
+    grad_y = torch.randn(B, L, H, P, generator=g)
+    return [t.requires_grad_() for t in (x, dt, A, Bm, C)] + [grad_y]
 
 
 def fwd_bwd(method: str, L: int, chunk: int, inputs=None) -> None:
     inputs = inputs or make_inputs(L)
-    y, _ = METHODS[method](*inputs, chunk)
-    # A dense upstream gradient, as in training (y.sum() would send a stride-0 one).
-    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+    *tensors, grad_y = inputs
+    y, _ = METHODS[method](*tensors, chunk)
+    y.backward(grad_y)
 
 
 def time_it(fn, min_time: float = 0.5, max_reps: int = 10) -> float:

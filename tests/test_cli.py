@@ -165,3 +165,57 @@ def test_ddp_two_cpu_processes(tmp_path):
     rank1 = torch.load(run_dir / "replay" / "rank_1" / "state-60.pt", weights_only=True)
     assert int(rank1["replay"]["size"].sum()) == 60  # 40 restored + 20, no fresh warm-up
     assert rank1["replay"]["n_counts"].sum() > 0
+
+
+def _first_update_grad_norms(tmp_path: Path, plugins: list) -> tuple[dict, list[float]]:
+    """Trains debug.yaml (smaller still) for a few updates; returns the first update's clipped
+    gradient norms and the AMP scaler's scale at every update (empty without a scaler)."""
+    import lightning.pytorch as pl
+    import yaml
+
+    from lightning_drama.data import DramaDataModule
+    from lightning_drama.module import DramaModule
+
+    config = yaml.safe_load(open(ROOT / "configs" / "debug.yaml"))  # noqa: SIM115
+    data = dict(config["data"], warmup_steps=32, total_env_steps=36, seq_len=16, imagine_batch=16)
+    pl.seed_everything(0)
+    datamodule = DramaDataModule(**data, replay_dir="memory")
+    model = DramaModule(datamodule.num_actions, **config["model"])
+    norms, scales = [], []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            norms.append({k: float(v) for k, v in pl_module._grad_norms.items()})
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None:
+                scales.append(float(scaler.get_scale()))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        plugins=plugins,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return norms[0], scales
+
+
+def test_16_mixed_clips_unscaled_gradients(tmp_path):
+    # 16-mixed (CUDA's AMP) scales the loss by 2^16 and unscales the gradients inside the
+    # optimiser step; Lightning calls on_before_optimizer_step after the unscaling, where the
+    # module clips. The CPU has the same GradScaler, so the path runs here: the clipped norms of
+    # the first update must be those of a 32-true run, not 2^16 times them.
+    from lightning.pytorch.plugins import MixedPrecision
+
+    fp32, _ = _first_update_grad_norms(tmp_path / "fp32", [])
+    fp16, scales = _first_update_grad_norms(tmp_path / "fp16", [MixedPrecision("16-mixed", "cpu")])
+    assert scales and scales[0] >= 2.0**10  # the scaler was active
+    for part in ("wm", "ac"):
+        assert fp32[part] > 0 and 0.5 < fp16[part] / fp32[part] < 2.0, (part, fp32, fp16)

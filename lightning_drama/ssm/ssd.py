@@ -138,7 +138,8 @@ def ssd_scan(
         # each segment's intermediates stay small enough to be reused from the allocator's
         # cache instead of being page-faulted in afresh (L = 2048 ran 2x slower in one piece).
         # split, not slicing: a slice's gradient is a zero-filled tensor of the full size.
-        pieces = [t.split(seg, dim=1) for t in (x, dt, B, C)]
+        # (One segment: no split at all, whose gradient would be a copy.)
+        pieces = [t.split(seg, dim=1) if t.shape[1] > seg else [t] for t in (x, dt, B, C)]
         resets = [None] * len(pieces[0]) if reset is None else reset.split(seg, dim=1)
         ys = []
         for x_k, dt_k, B_k, C_k, reset_k in zip(*pieces, resets, strict=True):
@@ -261,7 +262,7 @@ def _ssd_chunked_factored(
     ys = []
     for Bk, Ck, Csk, hk, uk in zip(B_g, C_g, C_start_g, h_in, u_g, strict=True):
         CB = (Ck @ Bk.transpose(1, 2)) * keep  # [n, l, l]
-        ys.append(torch.baddbmm(Csk @ hk, CB, uk))
+        ys.append((Csk @ hk).baddbmm_(CB, uk))  # in place: C h_in + CB u, one output buffer
     y = _join_groups(ys).view(b, c, l, H, P) * w_out.unsqueeze(-1)
     y = y.view(b, L, H, P)
     if D is not None:
