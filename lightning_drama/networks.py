@@ -51,26 +51,40 @@ class Encoder(nn.Module):
         self.out_dim = channels[-1] * self.final_size**2
         self.to(memory_format=torch.channels_last)
 
+    # Frames per piece when encoding without gradients (imagination encodes 1024 x 8 frames):
+    # pieces keep the activations small enough to be reused from the heap instead of
+    # page-faulting gigabytes in afresh (8192 frames: 1.4 s in pieces, 2.5 s in one, 2 cores).
+    no_grad_frames = 1024
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """obs: [..., H, W, C] uint8 -> features [..., out_dim]."""
         lead = obs.shape[:-3]
-        x = obs.flatten(0, -4).permute(0, 3, 1, 2)  # [N, C, H, W], channels_last strides, no copy
+        frames = obs.flatten(0, -4)
+        if self.training or torch.is_grad_enabled():
+            x = self._encode(frames, inplace=False)
+        else:
+            pieces = frames.split(self.no_grad_frames)
+            x = torch.cat([self._encode(piece, inplace=True) for piece in pieces])
+        return x.unflatten(0, lead)  # [..., out_dim]
+
+    def _encode(self, frames: torch.Tensor, inplace: bool) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2)  # [N, C, H, W], channels_last strides, no copy
         x = x.float() / 255.0
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.net(x) if self.training else self._forward_folded(x)  # [N, c, h, w]
+        x = self.net(x) if self.training else self._forward_folded(x, inplace)  # [N, c, h, w]
         # Flatten in (h, w, c) order: a view of channels_last memory instead of a copy.
-        return x.permute(0, 2, 3, 1).flatten(1).unflatten(0, lead)  # [..., out_dim]
+        return x.permute(0, 2, 3, 1).flatten(1)
 
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_folded(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Eval mode: BatchNorm with running statistics is an affine map, folded into the conv
-        weights, which saves two passes over the largest activations (imagination encodes 8192
-        frames per update)."""
+        weights, which saves two passes over the largest activations. `inplace` (only without
+        gradients) applies SiLU in place."""
         layers = list(self.net)
-        for conv, bn, act in zip(layers[0::3], layers[1::3], layers[2::3], strict=True):
+        for conv, bn in zip(layers[0::3], layers[1::3], strict=True):
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # [c]
             weight = conv.weight * scale[:, None, None, None]
             bias = bn.bias - bn.running_mean * scale
-            x = act(F.conv2d(x, weight, bias, conv.stride, conv.padding))
+            x = F.silu(F.conv2d(x, weight, bias, conv.stride, conv.padding), inplace=inplace)
         return x
 
 

@@ -257,7 +257,11 @@ def test_encoder_in_eval_mode_folds_batchnorm_exactly():
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     model.eval()
+    model.encoder.no_grad_frames = 4  # 6 frames: pieces of 4 and 2, SiLU in place
     with torch.no_grad():
         folded = model.encoder(obs)
         unfolded = model.encoder.net(obs.flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0)
-    torch.testing.assert_close(folded, unfolded.permute(0, 2, 3, 1).flatten(1).unflatten(0, (2, 3)))
+    expected = unfolded.permute(0, 2, 3, 1).flatten(1).unflatten(0, (2, 3))
+    torch.testing.assert_close(folded, expected)
+    # With gradients: one piece, no in-place activation, and the same features.
+    torch.testing.assert_close(model.encoder(obs), expected)
