@@ -254,7 +254,8 @@ def _ssd_chunked_factored(
     for state_k, gate_k in zip(states.unbind(1), gate.unbind(1), strict=True):
         entering.append(h)
         h = torch.addcmul(state_k, gate_k.view(b, 1, H, 1), h)
-    final = h.permute(0, 2, 3, 1)  # [b, H, P, N]
+    # [b, H, P, N], contiguous: steps that continue from it keep the layout of their input.
+    final = h.permute(0, 2, 3, 1).contiguous()
     # exp(cs_t) C_t h_in = exp(cs_t - m) * (C_t (exp(m) h_in)): the second factor joins w_out.
     h_in = _split_groups((torch.stack(entering, dim=1) * scale_m).view(n, N, G, hg * P))
 
@@ -425,8 +426,13 @@ def ssd_step(
         Bh = B.to(dtype).repeat_interleave(H // G, dim=1)  # [b, H, N]
         Ch = C.to(dtype).repeat_interleave(H // G, dim=1)
         decay = torch.exp(dtf * A.to(dtype))[..., None, None]
-        state = decay * state + (dtf[..., None] * xf).unsqueeze(-1) * Bh.unsqueeze(2)
-        y = (state @ Ch.unsqueeze(-1)).squeeze(-1)  # [b, H, P]
+        # Three passes over the state (the largest tensor: 64 MB at batch 1024): scale, add the
+        # rank-one input, read it for y. (A product and a sum for each, or a `state @ C` that
+        # copies its operand, take up to twice as long.)
+        xdt = (dtf[..., None] * xf).unsqueeze(-1)  # [b, H, P, 1]
+        state = torch.addcmul(state * decay, xdt, Bh.unsqueeze(2))
+        b, P, N = x.shape[0], x.shape[2], state.shape[-1]
+        y = torch.bmm(state.reshape(b * H, P, N), Ch.reshape(b * H, N, 1)).view(b, H, P)
         if D is not None:
             y = y + D.to(dtype)[:, None] * xf
     return y.to(x.dtype), state
