@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -167,9 +168,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert rank1["replay"]["n_counts"].sum() > 0
 
 
-def _first_update_grad_norms(tmp_path: Path, plugins: list) -> tuple[dict, list[float]]:
-    """Trains debug.yaml (smaller still) for a few updates; returns the first update's clipped
-    gradient norms and the AMP scaler's scale at every update (empty without a scaler)."""
+def _first_update_grad_norms(
+    tmp_path: Path, plugins: list, during_fit=contextlib.nullcontext
+) -> tuple[dict, list[float]]:
+    """Trains debug.yaml (smaller still) for a few updates, with evaluation episodes at the end,
+    inside `during_fit()`; returns the first update's clipped gradient norms and the AMP scaler's
+    scale at every update (empty without a scaler)."""
     import lightning.pytorch as pl
     import yaml
 
@@ -178,6 +182,7 @@ def _first_update_grad_norms(tmp_path: Path, plugins: list) -> tuple[dict, list[
 
     config = yaml.safe_load(open(ROOT / "configs" / "debug.yaml"))  # noqa: SIM115
     data = dict(config["data"], warmup_steps=32, total_env_steps=36, seq_len=16, imagine_batch=16)
+    data.update(eval_episodes=1, eval_max_steps=10)
     data["replay_dir"] = "memory"
     pl.seed_everything(0)
     datamodule = DramaDataModule(**data)
@@ -199,12 +204,12 @@ def _first_update_grad_norms(tmp_path: Path, plugins: list) -> tuple[dict, list[
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[Record()],
         default_root_dir=tmp_path,
     )
-    trainer.fit(model, datamodule=datamodule)
+    with during_fit():
+        trainer.fit(model, datamodule=datamodule)
     return norms[0], scales
 
 
@@ -225,3 +230,22 @@ def test_16_mixed_clips_unscaled_gradients(tmp_path):
     assert scales and scales[0] == 2.0**4  # the scaler was active and no step was skipped
     for part in ("wm", "ac"):
         assert fp32[part] > 0 and 0.5 < fp16[part] / fp32[part] < 2.0, (part, fp32, fp16)
+
+
+def test_no_float64_during_training_or_evaluation(tmp_path):
+    # MPS has no float64: every tensor op of a fit (acting, updates, logging, the evaluation
+    # episodes at its end) must run in 32 bits or less. Checked on CPU by watching every op.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    fp64_ops: set[str] = set()
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    fp64_ops.add(str(func))
+            return out
+
+    _first_update_grad_norms(tmp_path, [], during_fit=Watch)
+    assert not fp64_ops
