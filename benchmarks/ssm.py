@@ -61,6 +61,8 @@ def make_inputs(L: int, seed: int = 0):
 def fwd_bwd(method: str, L: int, chunk: int, inputs=None) -> None:
     inputs = inputs or make_inputs(L)
     *tensors, grad_y = inputs
+    for t in tensors:  # fresh gradients each time, as after zero_grad(set_to_none=True)
+        t.grad = None
     y, _ = METHODS[method](*tensors, chunk)
     y.backward(grad_y)
 
