@@ -254,8 +254,8 @@ class WorldModel(nn.Module):
         (1.0 where the termination logit is > 0), `cont` = 1 - terminations. Index k of actions,
         rewards and terminations belongs together. Runs with the model in eval mode (BatchNorm
         running statistics, no dropout) and restores the previous mode. A context whose last action
-        ended the episode (`start_terminated[:, -1]`) has no successor state; the start sampler
-        should not pick such starts (nothing here masks them).
+        ended the episode (`start_terminated[:, -1]`) has no successor state; the replay never
+        picks such starts (`ReplayBuffer.valid_imagination_starts`), and nothing here masks them.
         """
         obs, action, is_first = (
             context["start_obs"],

@@ -170,3 +170,24 @@ def test_state_roundtrip_reproduces_next_samples(tmp_path, memmap):
         ReplayBuffer(20, num_streams=2).load_state_dict(light)
     with pytest.raises(ValueError, match="same capacity"):
         ReplayBuffer(20, num_streams=2).load(str(tmp_path / "saved"))
+
+
+def test_imagination_contexts_never_end_with_a_terminal_step():
+    # Episodes of 5 steps in a wrapped two-env replay: the rows where an action ended an episode
+    # may sit anywhere in a context except its last step (imagination continues from there).
+    replay = ReplayBuffer(2 * 12, num_streams=2, seed=0)
+    for t in range(30):
+        replay.add(
+            obs=np.zeros((2, 64, 64, 3), np.uint8),
+            action=1000 * np.arange(2) + t,
+            reward=np.zeros(2, np.float32),
+            terminated=np.array([t % 5 == 4, t % 7 == 6]),
+            truncated=np.zeros(2, bool),
+            is_first=np.array([t % 5 == 0, t % 7 == 0]),
+        )
+    starts = replay.valid_imagination_starts(3)
+    assert 0 < len(starts) < len(replay.valid_starts(3))
+    for _ in range(10):
+        context = replay.sample_starts(8, 3)
+        assert not context["terminated"][:, -1].any()
+        assert context["terminated"][:, :-1].any()  # terminal steps earlier in a context are fine

@@ -184,9 +184,18 @@ class ReplayBuffer:
         np.add.at(self.n_counts, chosen, 1)
         return self._gather(chosen, length)
 
-    def sample_starts(self, n: int, context: int) -> dict[str, np.ndarray]:
-        """Imagination starts: each field ``[n, context, ...]``; counts m of the starts += 1."""
+    def valid_imagination_starts(self, context: int) -> np.ndarray:
+        """`valid_starts` without the contexts whose last action ended the episode: imagination
+        continues from the last context step, and a terminal step has no successor. [S] int64"""
         starts = self.valid_starts(context)
+        stream_offset = starts - starts % self.stream_capacity
+        last = stream_offset + (starts - stream_offset + context - 1) % self.stream_capacity
+        return starts[~self.data["terminated"][last]]
+
+    def sample_starts(self, n: int, context: int) -> dict[str, np.ndarray]:
+        """Imagination starts: each field ``[n, context, ...]``; counts m of the starts += 1.
+        A context never ends with a terminal step (see `valid_imagination_starts`)."""
+        starts = self.valid_imagination_starts(context)
         logits = self._start_logits(starts) if self.sampling == "dfs" else None
         chosen = starts[self._draw(logits, len(starts), n, context)]
         np.add.at(self.m_counts, chosen, 1)
