@@ -248,16 +248,13 @@ def _ssd_chunked_factored(
     states = _join_groups([Bk.transpose(1, 2) @ uk for Bk, uk in zip(B_end_g, u_g, strict=True)])
     states = states.view(b, c, N, H, P) * scale_m
 
-    # Across chunks: h_{k+1} = decay(chunk k) h_k + states_k, a short loop over c chunk states.
+    # Across chunks, in this form's [b, N, H, P] state layout.
     h = x.new_zeros(b, N, H, P) if initial_state is None else initial_state.permute(0, 3, 1, 2)
-    entering = []
-    for state_k, gate_k in zip(states.unbind(1), gate.unbind(1), strict=True):
-        entering.append(h)
-        h = torch.addcmul(state_k, gate_k.view(b, 1, H, 1), h)
+    entering, h = _across_chunks(states, gate.view(b, c, 1, H, 1), h, dim=1)
     # [b, H, P, N], contiguous: steps that continue from it keep the layout of their input.
     final = h.permute(0, 2, 3, 1).contiguous()
     # exp(cs_t) C_t h_in = exp(cs_t - m) * (C_t (exp(m) h_in)): the second factor joins w_out.
-    h_in = _split_groups((torch.stack(entering, dim=1) * scale_m).view(n, N, G, hg * P))
+    h_in = _split_groups((entering * scale_m).view(n, N, G, hg * P))
 
     # y_t = exp(cs_t - m) [sum_{s<=t} (C_t . B_s) u_s + C_t (exp(m) h_in)] (+ D x_t).
     ys = []
@@ -269,6 +266,22 @@ def _ssd_chunked_factored(
     if D is not None:
         y = torch.addcmul(y, x, D.view(H, 1))
     return y, final
+
+
+def _across_chunks(states: Tensor, gate: Tensor, h: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """h_{k+1} = gate_k * h_k + states_k over the chunks k along `dim`, from h_0 = h.
+
+    gate broadcasts against a chunk's state. Returns the state entering every chunk (h_0 ..
+    h_{c-1}, stacked along `dim`) and the final state h_c. A short sequential loop: the [c, c]
+    decay-matrix form is quadratic in c and its small products are slower on CPU already at
+    L = 128. unbind, not indexing: the gradient of each index would be a zero-filled full-size
+    tensor.
+    """
+    entering = []
+    for state_k, gate_k in zip(states.unbind(dim), gate.unbind(dim), strict=True):
+        entering.append(h)
+        h = torch.addcmul(state_k, gate_k, h)
+    return torch.stack(entering, dim), h
 
 
 def _split_groups(t: Tensor) -> list[Tensor] | tuple[Tensor, ...]:
@@ -346,19 +359,13 @@ def _ssd_chunked_segsum(
     Bw = (Bg * to_end.unsqueeze(-1)).view(b, H, c, l, N)
     chunk_states = xh.transpose(-1, -2) @ Bw  # [b, H, c, P, N]
 
-    # 3. Across chunks: h_{k+1} = decay(chunk k) h_k + chunk_states_k, a short sequential loop
-    # over c = L / l chunk states (the [c, c] decay-matrix form is quadratic in c and its
-    # small products are slower on CPU already at L = 128).
+    # 3. Across chunks: h_{k+1} = decay(chunk k) h_k + chunk_states_k.
     gate = torch.exp(a.sum(-1)).view(b, H, c, 1, 1)  # decay across a whole chunk
     if reset is not None:  # a reset anywhere in chunk k cuts the state coming into it
         gate = gate * ~reset.view(b, 1, c, l, 1).any(-2, keepdim=True)
     h = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
-    entering = []
-    # unbind, not indexing: the gradient of each index would be a zero-filled full-size tensor.
-    for state_k, gate_k in zip(chunk_states.unbind(2), gate.unbind(2), strict=True):
-        entering.append(h)
-        h = torch.addcmul(state_k, gate_k, h)
-    entering, final = torch.stack(entering, dim=2), h.contiguous()  # [b, H, c, P, N], [b, H, P, N]
+    entering, final = _across_chunks(chunk_states, gate, h, dim=2)  # [b, H, c, P, N]
+    final = final.contiguous()  # [b, H, P, N]
 
     # 4. The entering state seen from inside the chunk: C_t h_in decay(start->t), added to the
     # within-chunk part by one fused batched product.
