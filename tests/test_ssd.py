@@ -49,6 +49,50 @@ def test_scan_matches_reference_fp64(L, chunk, G, with_state, with_reset, form):
     assert (final - final_ref).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("through", ["y", "final", "both"])
+@pytest.mark.parametrize("L,chunk,G,with_state,with_reset", CASES)
+def test_gradients_match_reference_fp64(L, chunk, G, with_state, with_reset, through, form):
+    # The factored form has a hand-written backward pass (ssd_factored.py): every input's
+    # gradient must equal autograd's through the sequential loop, whichever output is used.
+    x, dt, A, B, C = make_inputs(b=3, L=L, H=4, P=3, G=G, N=5, seed=L + chunk + G)
+    g = torch.Generator().manual_seed(2)
+    D = torch.randn(4, generator=g, dtype=torch.float64)
+    h0 = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64)
+    reset = (torch.rand(3, L, generator=g) < 0.2) if with_reset else None
+    grad_y = torch.randn(3, L, 4, 3, generator=g, dtype=torch.float64)
+    grad_final = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (ssd_scan, ssd_reference):
+        inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C)]
+        extra = [D.clone().requires_grad_(), h0.clone().requires_grad_()] if with_state else []
+        y, final = fn(*inputs, chunk, *extra[:1], *extra[1:], reset=reset)
+        loss = (y * grad_y).sum() if through != "final" else 0.0
+        loss = loss + (final * grad_final).sum() if through != "y" else loss
+        loss.backward()
+        grads.append([t.grad for t in inputs + extra])
+    for got, want in zip(*grads, strict=True):
+        if want is None:  # e.g. D does not reach the final state
+            assert got is None or got.abs().max() == 0
+        else:
+            assert (got - want).abs().max() < 1e-10
+
+
+def test_backward_inside_autocast_stays_fp32():
+    # A loss.backward() called inside an autocast region must not run the scan's
+    # hand-written backward in bf16.
+    x, dt, A, B, C = make_inputs(b=2, L=40, H=4, P=8, G=1, N=4, dtype=torch.float32, seed=9)
+    grads = []
+    for autocast in (False, True):
+        inputs = [t.clone().requires_grad_() for t in (x, dt, B, C)]
+        y, _ = ssd_scan(inputs[0], inputs[1], A, inputs[2], inputs[3], chunk_size=16)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y.square().sum().backward()
+        grads.append([t.grad for t in inputs])
+    for a, b in zip(*grads, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("L", [7, 130])
 def test_scan_fp32_relative_error(L, form):
     if form == "factored":  # in fp32 the factored form runs within its default bound only

@@ -12,9 +12,10 @@ form, across chunks a linear recurrence over chunk states, so the cost is linear
 `ssd_reference` is the plain sequential loop, the ground truth for the tests.
 
 Two forms of the within-chunk part give the same result:
-- factored (the fast one on CPU): the decay exp(cs_t - cs_s) is split into a scale on the inputs
-  and one on the outputs, so all heads of a group share one [l, l] matrix per chunk and the
-  products run on large [l, heads * P] blocks in the input's own layout;
+- factored (the fast one on CPU, in `ssd_factored.py` with a hand-written backward pass): the
+  decay exp(cs_t - cs_s) is split into a scale on the inputs and one on the outputs, so all heads
+  of a group share one [l, l] matrix per chunk and the products run on large [l, heads * P]
+  blocks in the input's own layout;
 - segment sum: a per-head [l, l] decay matrix from masked cumulative sums, stable for any decay.
 Each segment of up to `SEGMENT_LENGTH` steps takes the factored form when its scales stay within
 `FACTORED_MAX_EXPONENT` (every chunk decaying by less than e^-120), else the segment-sum form.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lightning_drama.ssm.ssd_factored import ssd_chunked_factored
 
 Tensor = torch.Tensor
 
@@ -210,62 +213,11 @@ def _ssd_chunked_factored(
     initial_state: Tensor | None,
     reset: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """The chunked scan with the within-chunk decay factored out of the matrix products.
-
-    Inside a chunk, decay(s->t) = exp(cs_t - cs_s) = exp(cs_t - m) * exp(m - cs_s) with m half
-    the chunk's total log-decay, so every head shares one [l, l] matrix (C_t . B_s, causal) per
-    chunk and group: the products run over [l, heads * P] blocks in the input's own time-major
-    layout, with no per-head matrices and no transposes. The two scalings are elementwise.
-    Exact in exact arithmetic; in floating point the relative error grows with |z| of exp(z),
-    which `FACTORED_MAX_EXPONENT` bounds (at 60, ~4e-6 in fp32).
-    """
-    b, L, H, P = x.shape
-    G, N = B.shape[2:]
-    hg = H // G  # heads per group
-    c = L // l
-    n = b * c  # chunks in the batch
-    half = 0.5 * cs[:, :, -1:]  # m: [b, c, 1, H]
-    w_in = torch.exp(half - cs) * dt.view(b, c, l, H)  # exp(m - cs_s) dt_s
-    w_out = torch.exp(cs - half)  # exp(cs_t - m)
-    u = (x.view(b, c, l, H, P) * w_in.unsqueeze(-1)).view(n, l, G, hg * P)
-    Bc, Cc = B.reshape(n, l, G, N), C.reshape(n, l, G, N)
-
-    keep = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()  # s <= t
-    B_end, C_start = Bc, Cc  # B_s whose input reaches the chunk end; C_t the entering state
-    gate = torch.exp(cs[:, :, -1])  # decay across the whole chunk: [b, c, H]
-    if reset is not None:  # a reset at k cuts every path that crosses k
-        count = torch.cumsum(reset.reshape(n, l).to(torch.int32), dim=-1)
-        keep = keep & (count[:, :, None] == count[:, None, :])  # [n, l, l]
-        B_end = Bc * (count == count[:, -1:]).view(n, l, 1, 1)
-        C_start = Cc * (count == 0).view(n, l, 1, 1)
-        gate = gate * (count[:, -1] == 0).view(b, c, 1)
-
-    # Per group (unbind, not indexing: an index's gradient is a zero-filled full-size tensor).
-    u_g, B_g, C_g, B_end_g, C_start_g = (_split_groups(t) for t in (u, Bc, Cc, B_end, C_start))
-
-    # The state each chunk leaves behind on its own, [b, c, N, H, P]: its exp(cs_end - m) = exp(m).
-    scale_m = torch.exp(half).view(b, c, 1, H, 1)
-    states = _join_groups([Bk.transpose(1, 2) @ uk for Bk, uk in zip(B_end_g, u_g, strict=True)])
-    states = states.view(b, c, N, H, P) * scale_m
-
-    # Across chunks, in this form's [b, N, H, P] state layout.
-    h = x.new_zeros(b, N, H, P) if initial_state is None else initial_state.permute(0, 3, 1, 2)
-    entering, h = _across_chunks(states, gate.view(b, c, 1, H, 1), h, dim=1)
-    # [b, H, P, N], contiguous: steps that continue from it keep the layout of their input.
-    final = h.permute(0, 2, 3, 1).contiguous()
-    # exp(cs_t) C_t h_in = exp(cs_t - m) * (C_t (exp(m) h_in)): the second factor joins w_out.
-    h_in = _split_groups((entering * scale_m).view(n, N, G, hg * P))
-
-    # y_t = exp(cs_t - m) [sum_{s<=t} (C_t . B_s) u_s + C_t (exp(m) h_in)] (+ D x_t).
-    ys = []
-    for Bk, Ck, Csk, hk, uk in zip(B_g, C_g, C_start_g, h_in, u_g, strict=True):
-        CB = (Ck @ Bk.transpose(1, 2)) * keep  # [n, l, l]
-        ys.append((Csk @ hk).baddbmm_(CB, uk))  # in place: C h_in + CB u, one output buffer
-    y = _join_groups(ys).view(b, c, l, H, P) * w_out.unsqueeze(-1)
-    y = y.view(b, L, H, P)
-    if D is not None:
-        y = torch.addcmul(y, x, D.view(H, 1))
-    return y, final
+    """The chunked scan with the within-chunk decay factored out of the matrix products, every
+    head of a group sharing one [l, l] matrix per chunk (see `ssd_factored.py`, which also has
+    its hand-written backward pass). Relative error grows with the exponents, which
+    `FACTORED_MAX_EXPONENT` bounds (at 60, ~4e-6 in fp32)."""
+    return ssd_chunked_factored(x, dt, cs, B, C, D, l, initial_state, reset)
 
 
 def _across_chunks(states: Tensor, gate: Tensor, h: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -282,16 +234,6 @@ def _across_chunks(states: Tensor, gate: Tensor, h: Tensor, dim: int) -> tuple[T
         entering.append(h)
         h = torch.addcmul(state_k, gate_k, h)
     return torch.stack(entering, dim), h
-
-
-def _split_groups(t: Tensor) -> list[Tensor] | tuple[Tensor, ...]:
-    """[n, k, G, m] -> G tensors [n, k, m]; a view (and a free gradient) for one group."""
-    return [t.squeeze(2)] if t.shape[2] == 1 else t.unbind(2)
-
-
-def _join_groups(parts: list[Tensor]) -> Tensor:
-    """Per-group results [..., hg * P] side by side along the last dim (no copy for one group)."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 class _TransposeContiguous(torch.autograd.Function):
