@@ -23,9 +23,9 @@ is 0 for a chunk that contains a reset.
 Why a hand-written backward: the scan is memory-bound on a CPU, and autograd's version of the
 same products makes extra passes over [b, L, H, P] tensors (separate multiply-then-sum
 reductions, a gradient accumulation that could run in place, a graph node per view). This one
-fuses them; at B=16, L=128, H=16, P=64, N=16 forward+backward takes ~11.5 ms instead of ~12.9 ms
-(2-core CPU; benchmarks/ssm.py). Its equality with autograd through the sequential reference is
-tested in fp64 (tests/test_ssd.py).
+fuses them; at B=16, L=128, H=16, P=64, N=16 forward+backward takes 11.0 ms instead of 12.0 ms
+(2-core CPU, side by side in one process; benchmarks/ssm.py). Its equality with autograd
+through the sequential reference is tested in fp64 (tests/test_ssd.py).
 """
 
 from __future__ import annotations
@@ -134,14 +134,14 @@ class _FactoredScan(torch.autograd.Function):
         ctx.save_for_backward(
             x, B_end, C_start, Bc, Cc, D, u, z, hs, hh, e_in, w_in, w_out, em, causal, carry
         )
-        ctx.CBs, ctx.l, ctx.h0_given = CBs, l, h0 is not None
+        ctx.CBs, ctx.l, ctx.h0_given, ctx.device_type = CBs, l, h0 is not None, x.device.type
         ctx.masks = (end_mask, start_mask)
         ctx.set_materialize_grads(False)
         return y.view(b, L, H, P), final
 
     @staticmethod
     def backward(ctx, gy, gfinal):
-        with torch.autocast(device_type=gy.device.type if gy is not None else "cpu", enabled=False):
+        with torch.autocast(device_type=ctx.device_type, enabled=False):
             return _backward(ctx, gy, gfinal)
 
 
