@@ -202,22 +202,8 @@ def _factored_in_range(cs: Tensor) -> bool:
     return bool(bound <= FACTORED_MAX_EXPONENT)
 
 
-def _ssd_chunked_factored(
-    x: Tensor,
-    dt: Tensor,
-    cs: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    l: int,
-    initial_state: Tensor | None,
-    reset: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """The chunked scan with the within-chunk decay factored out of the matrix products, every
-    head of a group sharing one [l, l] matrix per chunk (see `ssd_factored.py`, which also has
-    its hand-written backward pass). Relative error grows with the exponents, which
-    `FACTORED_MAX_EXPONENT` bounds (at 60, ~4e-6 in fp32)."""
-    return ssd_chunked_factored(x, dt, cs, B, C, D, l, initial_state, reset)
+# The factored form, with its hand-written backward pass, lives in ssd_factored.py.
+_ssd_chunked_factored = ssd_chunked_factored
 
 
 def _across_chunks(states: Tensor, gate: Tensor, h: Tensor, dim: int) -> tuple[Tensor, Tensor]:
