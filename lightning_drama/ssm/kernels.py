@@ -70,8 +70,6 @@ def fused_conv(xBC, weight, bias, conv_state, reset):  # pragma: no cover - CUDA
     seq_idx = None
     if reset is not None:
         seq_idx = torch.cumsum(reset.to(torch.int32), dim=1).to(torch.int32).contiguous()
-        if conv_state is not None:
-            conv_state = conv_state * (~reset[:, 0]).to(conv_state.dtype)[:, None, None]
     # channel-last layout: a [b, C, L] view of a contiguous [b, L, C] tensor.
     initial = None
     if conv_state is not None and seq_idx is None:
