@@ -25,6 +25,11 @@ SUPPORTED = (
 )
 
 
+def as_numpy(x: Any) -> np.ndarray:
+    """A numpy array from an array or a tensor (states come back from checkpoints as tensors)."""
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
 class LifeLossInfo(gym.Wrapper):
     """Adds ``info["life_loss"]`` (``info["lives"]`` dropped) and ``info["train_terminated"]``."""
 
@@ -48,6 +53,43 @@ class LifeLossInfo(gym.Wrapper):
         info["life_loss"] = bool(life_loss)
         info["train_terminated"] = bool(terminated or (life_loss and self.life_loss_termination))
         return obs, reward, terminated, truncated, info
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Everything the env needs to continue exactly where it is, for a resumed run: the
+        emulator (with its sticky-action RNG), the frame-pooling buffers and the life counter.
+        Numbers and numpy arrays only (checkpoint-safe). None for envs other than Atari, whose
+        state we cannot capture: a resumed run starts new episodes there."""
+        atari = self.env if isinstance(self.env, gym.wrappers.AtariPreprocessing) else None
+        if atari is None:
+            return None
+        ale = atari.unwrapped.ale
+        emulator = ale.cloneState(include_rng=True).serialize()
+        return {
+            "emulator": np.frombuffer(emulator, np.uint8).copy(),
+            # [2, 210, 160, 3], the frames max-pooled into the next observation: both are written
+            # again by a full step, but an episode that ends inside the frame skip reads them.
+            "obs_buffer": np.stack(atari.obs_buffer),
+            "lives": self._lives,
+            "np_random": atari.unwrapped.np_random.bit_generator.state,
+        }
+
+    # Where a vector env puts each env's own state before calling `set_state()` (its `call`
+    # passes the same arguments to every env).
+    resume_state: dict[str, Any] | None = None
+
+    def set_state(self, state: dict[str, Any] | None = None) -> None:
+        """Continue from `get_state`'s result (default: `self.resume_state`); call after `reset`,
+        which the env requires before anything else."""
+        import ale_py
+
+        state = self.resume_state if state is None else state
+        atari = self.env
+        emulator = as_numpy(state["emulator"]).astype(np.uint8).tobytes()
+        atari.unwrapped.ale.restoreState(ale_py.ALEState(emulator))
+        for buffer, saved in zip(atari.obs_buffer, as_numpy(state["obs_buffer"]), strict=True):
+            buffer[...] = saved
+        self._lives = None if state["lives"] is None else int(state["lives"])
+        atari.unwrapped.np_random.bit_generator.state = state["np_random"]
 
 
 class ResizeObservation(gym.ObservationWrapper):

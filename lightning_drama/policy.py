@@ -38,11 +38,20 @@ class DramaPolicy:
         obs, is_first = obs.to(device), is_first.to(device)
         if state is None:
             wm_state, prev_action = None, torch.zeros(obs.shape[0], dtype=torch.long, device=device)
-        else:
-            wm_state, prev_action = state
+        else:  # a state restored from a checkpoint arrives on the CPU
+            wm_state, prev_action = _to_device(state, device)
         features, wm_state = self.world_model.observe(obs, prev_action, is_first, wm_state)
         action = self.actor_critic.act(features, greedy=self.greedy)
         return action.cpu(), (wm_state, action)
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """Tensors in nested tuples / lists moved to `device` (no copy where they already are)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_to_device(s, device) for s in state)
+    return state
 
 
 def run_episode(env: Any, policy: DramaPolicy, seed: int, max_steps: int) -> dict[str, float]:

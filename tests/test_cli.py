@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,12 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     assert torch.all(second["replay"]["n_counts"] >= n_first)
     assert second["replay"]["n_counts"].sum() > n_first.sum()
     assert not (resumed_dir / "replay").exists()
+    # The running episode went on: the first row written after the resume is the frame the
+    # checkpoint held, not the first frame of a new episode.
+    running = first["collector"]["running"]
+    obs, is_first = (np.load(run_dir / "replay" / f"{k}.npy") for k in ("obs", "is_first"))
+    np.testing.assert_array_equal(obs[60], running["obs"][0].numpy())
+    assert not is_first[60] and not running["is_first"][0]
 
     # A checkpoint for another action space is refused with a clear message. (Model sizes can't
     # mismatch: LightningCLI takes the model's hyperparameters from the checkpoint.)

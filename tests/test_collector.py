@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_drama.data.collector import Collector
+from lightning_drama.data.datamodule import _checkpoint_safe
 from lightning_drama.data.replay import ReplayBuffer
 from lightning_drama.envs import make_env
 
@@ -113,3 +114,35 @@ def test_state_dict_restores_counters_and_random_actions():
     resumed.collect(5)
     np.testing.assert_array_equal(resumed_replay.data["action"][:5], expected)
     assert resumed_replay.data["is_first"][0]  # a resumed run starts new episodes
+
+
+def counting_policy(obs, is_first, state):
+    """Actions from a recurrent counter: a resumed run must hand the policy its saved state."""
+    count = torch.zeros(obs.shape[0], dtype=torch.long) if state is None else state
+    count = torch.where(is_first, torch.zeros_like(count), count) + 1
+    return count % 4, count
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_resume_continues_running_atari_episodes(tmp_path, num_envs):
+    def make(seed):
+        env_fn = partial(make_env, "ALE/Breakout-v5", repeat_action_probability=0.25)
+        replay = ReplayBuffer(400 * num_envs, num_streams=num_envs)
+        return Collector([env_fn] * num_envs, replay, seed=seed), replay
+
+    collector, replay = make(seed=5)
+    collector.collect(150 * num_envs, counting_policy)
+    torch.save(_checkpoint_safe(collector.state_dict()), tmp_path / "collector.pt")
+    collector.collect(200 * num_envs, counting_policy)
+
+    resumed, resumed_replay = make(seed=99)  # the envs' own seeds do not matter any more
+    resumed.load_state_dict(torch.load(tmp_path / "collector.pt", weights_only=True))
+    assert "running" in resumed.state_dict()  # a checkpoint taken before the next step keeps it
+    resumed.collect(200 * num_envs, counting_policy)
+    for stream in range(num_envs):
+        new = slice(stream * 400, stream * 400 + 200)  # the resumed run's rows
+        old = slice(stream * 400 + 150, stream * 400 + 350)  # the same steps, uninterrupted
+        for key in ("obs", "action", "reward", "terminated", "is_first"):
+            np.testing.assert_array_equal(resumed_replay.data[key][new], replay.data[key][old])
+        assert not resumed_replay.data["is_first"][new][0]  # the episode went on
+    assert resumed.episodes == collector.episodes and resumed.env_steps == collector.env_steps

@@ -1,7 +1,9 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from lightning_drama.data.datamodule import _checkpoint_safe
 from lightning_drama.envs import make_env
 
 
@@ -122,3 +124,42 @@ def test_unsupported_envs_fail_with_a_clear_message(env_id, message):
     with pytest.raises(ValueError, match=message) as error:
         make_env(env_id)
     assert "supported env ids" in str(error.value)
+
+
+def _play(env, actions):
+    steps = []
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(int(action))
+        steps.append((obs.copy(), reward, terminated, truncated, info["train_terminated"]))
+        if terminated or truncated:
+            env.reset()
+    return steps
+
+
+def test_atari_state_continues_exactly_through_a_checkpoint(tmp_path):
+    # Sticky actions and no-op starts on, so both RNGs must come back; Breakout loses lives and
+    # ends episodes on the way.
+    env = make_env("ALE/Breakout-v5", repeat_action_probability=0.25, noop_max=30)
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    _play(env, rng.integers(0, 4, 150))
+    state = env.get_state()
+    torch.save(_checkpoint_safe(state), tmp_path / "state.pt")
+    actions = rng.integers(0, 4, 300)
+    expected = _play(env, actions)
+
+    resumed = make_env("ALE/Breakout-v5", repeat_action_probability=0.25, noop_max=30)
+    resumed.reset(seed=123)  # any seed: the state replaces it
+    resumed.set_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    got = _play(resumed, actions)
+    assert sum(step[4] for step in expected) > 0  # lives were lost on the way
+    assert sum(step[2] for step in expected) > 0  # and an episode ended (no-op reset)
+    for (obs, *rest), (want_obs, *want_rest) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(obs, want_obs)
+        assert rest == want_rest
+
+
+def test_generic_envs_have_no_state_to_save():
+    env = make_env(f"{__name__}:TinyImageEnv")
+    env.reset(seed=0)
+    assert env.get_state() is None

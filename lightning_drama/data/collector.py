@@ -5,9 +5,10 @@ The policy interface (the training module passes one in; ``None`` = uniform rand
     policy(obs: [N, 64, 64, 3] uint8 tensor, is_first: [N] bool tensor, state)
         -> (actions: [N] int64 tensor, state)
 
-``state`` is ``None`` at the start and after a resume; the policy resets the rows where
-``is_first``. The collector keeps the current observation, ``is_first`` flags and policy state
-between calls, so training can interleave ``collect`` calls with updates.
+``state`` is ``None`` at the start; the policy resets the rows where ``is_first``. The collector
+keeps the current observation, ``is_first`` flags and policy state between calls, so training can
+interleave ``collect`` calls with updates, and its ``state_dict`` carries them together with the
+envs' own states (Atari), so that a resumed run continues the running episodes exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from lightning_drama.data.replay import ReplayBuffer
+from lightning_drama.envs import as_numpy
 
 Policy = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
 
@@ -64,6 +66,7 @@ class Collector:
         self.policy_state: Any = None
         self._episode_return = np.zeros(self.num_envs, np.float64)
         self._episode_length = np.zeros(self.num_envs, np.int64)
+        self._resume: dict[str, Any] | None = None  # running episodes to continue (load_state_dict)
 
     def reset(self) -> None:
         """Start new episodes in all envs (done automatically on the first ``collect``)."""
@@ -81,7 +84,7 @@ class Collector:
         Returns one ``{"return", "length", "env"}`` dict per episode finished during the call.
         """
         if self.obs is None:
-            self.reset()
+            self._start()
         finished = []
         for _ in range(-(-num_steps // self.num_envs)):
             if policy is None:
@@ -114,20 +117,49 @@ class Collector:
         return finished
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and RNG; the live envs cannot be saved, a resumed run starts new episodes."""
-        return {
+        """Counters and RNG, and where the envs support it (Atari) the running episodes: the envs'
+        own states, the current observation, episode counters and the policy's recurrent state.
+        Without those (other envs) a resumed run starts new episodes."""
+        state = {
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "last_return": self.last_return,
             "rng": self.rng.bit_generator.state,
         }
+        env_states = None if self.obs is None else self.envs.get_states()
+        if env_states is not None and all(s is not None for s in env_states):
+            state["running"] = {
+                "envs": env_states,
+                "obs": self.obs,
+                "is_first": self.is_first,
+                "episode_return": self._episode_return,
+                "episode_length": self._episode_length,
+                "policy_state": self.policy_state,
+            }
+        elif self._resume is not None:  # saved again before the first collect after a resume
+            state["running"] = self._resume
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.env_steps = state["env_steps"]
         self.episodes = state["episodes"]
         self.last_return = state["last_return"]
         self.rng.bit_generator.state = state["rng"]
-        self.obs = None  # next collect resets the envs
+        self.obs = None  # the next collect continues the saved episodes, or starts new ones
+        self._resume = state.get("running")
+
+    def _start(self) -> None:
+        """Before the first step: continue the episodes of a loaded state, else reset."""
+        self.reset()
+        running, self._resume = self._resume, None
+        if running is None:
+            return
+        self.envs.set_states(running["envs"])
+        self.obs = as_numpy(running["obs"]).astype(np.uint8)
+        self.is_first = as_numpy(running["is_first"]).astype(bool)
+        self._episode_return = as_numpy(running["episode_return"]).astype(np.float64)
+        self._episode_length = as_numpy(running["episode_length"]).astype(np.int64)
+        self.policy_state = running["policy_state"]
 
     def close(self) -> None:
         self.envs.close()
@@ -142,6 +174,16 @@ class _VectorEnv:
 
     def reset(self, seed: int) -> np.ndarray:
         return self.envs.reset(seed=seed)[0]
+
+    def get_states(self) -> list[Any]:
+        try:
+            return list(self.envs.call("get_state"))
+        except AttributeError:  # envs not made by make_env
+            return [None] * self.envs.num_envs
+
+    def set_states(self, states: list[Any]) -> None:
+        self.envs.set_attr("resume_state", list(states))  # each env its own state
+        self.envs.call("set_state")
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         """-> next obs (reset obs where done), reward, terminated, truncated, train_terminated."""
@@ -171,6 +213,13 @@ class _SingleEnv:
 
     def reset(self, seed: int) -> np.ndarray:
         return self.env.reset(seed=seed)[0][None]
+
+    def get_states(self) -> list[Any]:
+        get_state = getattr(self.env, "get_state", None)
+        return [None if get_state is None else get_state()]
+
+    def set_states(self, states: list[Any]) -> None:
+        self.env.set_state(states[0])
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         obs, reward, terminated, truncated, info = self.env.step(int(actions[0]))
