@@ -123,12 +123,13 @@ def counting_policy(obs, is_first, state):
     return count % 4, count
 
 
-@pytest.mark.parametrize("num_envs", [1, 2])
-def test_resume_continues_running_atari_episodes(tmp_path, num_envs):
+@pytest.mark.parametrize("num_envs,asynchronous", [(1, False), (2, False), (2, True)])
+def test_resume_continues_running_atari_episodes(tmp_path, num_envs, asynchronous):
     def make(seed):
         env_fn = partial(make_env, "ALE/Breakout-v5", repeat_action_probability=0.25)
         replay = ReplayBuffer(400 * num_envs, num_streams=num_envs)
-        return Collector([env_fn] * num_envs, replay, seed=seed), replay
+        collector = Collector([env_fn] * num_envs, replay, seed=seed, asynchronous=asynchronous)
+        return collector, replay
 
     collector, replay = make(seed=5)
     collector.collect(150 * num_envs, counting_policy)
@@ -146,3 +147,5 @@ def test_resume_continues_running_atari_episodes(tmp_path, num_envs):
             np.testing.assert_array_equal(resumed_replay.data[key][new], replay.data[key][old])
         assert not resumed_replay.data["is_first"][new][0]  # the episode went on
     assert resumed.episodes == collector.episodes and resumed.env_steps == collector.env_steps
+    collector.close()
+    resumed.close()
