@@ -128,12 +128,12 @@ class Collector:
         }
         env_states = None if self.obs is None else self.envs.get_states()
         if env_states is not None and all(s is not None for s in env_states):
-            state["running"] = {
+            state["running"] = {  # copies: collecting goes on updating some of these in place
                 "envs": env_states,
-                "obs": self.obs,
-                "is_first": self.is_first,
-                "episode_return": self._episode_return,
-                "episode_length": self._episode_length,
+                "obs": self.obs.copy(),
+                "is_first": self.is_first.copy(),
+                "episode_return": self._episode_return.copy(),
+                "episode_length": self._episode_length.copy(),
                 "policy_state": self.policy_state,
             }
         elif self._resume is not None:  # saved again before the first collect after a resume
