@@ -18,6 +18,7 @@ from lightning_drama.ssm import Mamba2, kernels, ssd_reference
 
 def fake_chunk_scan(x, dt, A, B, C, chunk_size, D=None, initial_states=None, seq_idx=None,
                     return_final_states=False):  # fmt: skip
+    """`mamba_chunk_scan_combined`'s contract through the sequential loop (chunk_size unused)."""
     reset = None
     if seq_idx is not None:  # a new sequence index starts a fresh state (none at t = 0)
         reset = torch.zeros(seq_idx.shape, dtype=torch.bool)

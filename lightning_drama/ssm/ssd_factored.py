@@ -76,6 +76,8 @@ def _dot_last(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _FactoredScan(torch.autograd.Function):
+    """Forward as in the module docstring; backward by hand (`_backward`)."""
+
     @staticmethod
     def forward(ctx, x, dt, cs, B, C, D, h0, reset, l):
         b, L, H, P = x.shape
