@@ -25,11 +25,6 @@ SUPPORTED = (
 )
 
 
-def as_numpy(x: Any) -> np.ndarray:
-    """A numpy array from an array or a tensor (states come back from checkpoints as tensors)."""
-    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-
-
 class LifeLossInfo(gym.Wrapper):
     """Adds ``info["life_loss"]`` (``info["lives"]`` dropped) and ``info["train_terminated"]``."""
 
@@ -59,9 +54,9 @@ class LifeLossInfo(gym.Wrapper):
         emulator (with its sticky-action RNG), the frame-pooling buffers and the life counter.
         Numbers and numpy arrays only (checkpoint-safe). None for envs other than Atari, whose
         state we cannot capture: a resumed run starts new episodes there."""
-        atari = self.env if isinstance(self.env, gym.wrappers.AtariPreprocessing) else None
-        if atari is None:
+        if not isinstance(self.env, gym.wrappers.AtariPreprocessing):
             return None
+        atari = self.env
         ale = atari.unwrapped.ale
         emulator = ale.cloneState(include_rng=True).serialize()
         return {
@@ -82,11 +77,11 @@ class LifeLossInfo(gym.Wrapper):
         which the env requires before anything else."""
         import ale_py
 
-        state = self.resume_state if state is None else state
+        state = self.resume_state if state is None else state  # arrays, or checkpoint tensors
         atari = self.env
-        emulator = as_numpy(state["emulator"]).astype(np.uint8).tobytes()
+        emulator = np.asarray(state["emulator"]).tobytes()  # saved as uint8
         atari.unwrapped.ale.restoreState(ale_py.ALEState(emulator))
-        for buffer, saved in zip(atari.obs_buffer, as_numpy(state["obs_buffer"]), strict=True):
+        for buffer, saved in zip(atari.obs_buffer, state["obs_buffer"], strict=True):
             buffer[...] = saved
         self._lives = None if state["lives"] is None else int(state["lives"])
         atari.unwrapped.np_random.bit_generator.state = state["np_random"]

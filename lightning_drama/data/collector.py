@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from lightning_drama.data.replay import ReplayBuffer
-from lightning_drama.envs import as_numpy
 
 Policy = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
 
@@ -155,10 +154,11 @@ class Collector:
         if running is None:
             return
         self.envs.set_states(running["envs"])
-        self.obs = as_numpy(running["obs"]).astype(np.uint8)
-        self.is_first = as_numpy(running["is_first"]).astype(bool)
-        self._episode_return = as_numpy(running["episode_return"]).astype(np.float64)
-        self._episode_length = as_numpy(running["episode_length"]).astype(np.int64)
+        # In place, into the arrays reset() made (the values may be tensors from a checkpoint).
+        self.obs[:] = running["obs"]
+        self.is_first[:] = running["is_first"]
+        self._episode_return[:] = running["episode_return"]
+        self._episode_length[:] = running["episode_length"]
         self.policy_state = running["policy_state"]
 
     def close(self) -> None:
