@@ -222,7 +222,7 @@ def main() -> None:
             f"{fmt(r['mem_scan'], 'mb')} / {fmt(r['mem_reference'], 'mb')} / "
             f"{fmt(r['mem_quadratic'], 'mb')} |"
         )
-    L0, L1 = min(rows), max(rows)
+    L1 = max(rows)
     growth = rows[L1]["scan"] / rows[256]["scan"] if 256 in rows else float("nan")
     print(
         f"\nssd_scan t({L1}) / t(256) = {growth:.2f} (linear would be {L1 / 256:.0f}; target <= "
@@ -238,7 +238,6 @@ def main() -> None:
     for ctx, t in step.items():
         print(f"| {ctx} | {t * 1e3:.2f} |")
     print(f"\nstep(1024) / step(16) = {step[1024] / step[16]:.3f} (target within 10 %)")
-    del L0
 
 
 if __name__ == "__main__":
