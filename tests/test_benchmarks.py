@@ -1,0 +1,57 @@
+"""The layer benchmark's arithmetic, and that it runs (tiny sizes; its timings are not checked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.wm_layers import layer_inputs, report  # noqa: E402
+from lightning_drama.world_model import WorldModel  # noqa: E402
+
+
+def test_layer_inputs_are_the_paper_models_conv_stack():
+    layers = layer_inputs(WorldModel(6))
+    names = [name for name, _, _ in layers]
+    # 5 encoder convs, 5 decoder (transposed) convs, 4 + 4 BatchNorms at conv resolution
+    # (the decoder's first BatchNorm is a BatchNorm1d after its Linear, not a conv layer).
+    assert len(names) == 19
+    assert names[0] == "encoder conv 3->16 at 64x64"
+    assert names[1] == "encoder BN+SiLU 16x64x64"
+    assert names[-1] == "decoder convT 16->3 at 64x64"
+    assert "decoder BN+SiLU 16x64x64" in names
+    assert layers[0][2] == (3, 64, 64)
+
+
+def test_report_groups_and_bound(capsys):
+    ms = 1e-3
+    best = {
+        ("encoder conv 3->16 at 64x64", "fp32"): 200 * ms,
+        ("encoder conv 3->16 at 64x64", "bf16"): 100 * ms,
+        ("encoder BN+SiLU 16x64x64", "fp32"): 100 * ms,
+        ("encoder BN+SiLU 16x64x64", "bf16"): 100 * ms,
+        ("whole world-model update", "fp32"): 400 * ms,
+        ("whole world-model update", "bf16"): 300 * ms,
+    }
+    names = sorted({name for name, _ in best})
+    speedups = report(best, names)
+    assert speedups["convolutions"] == pytest.approx(2.0)
+    assert speedups["BN+SiLU"] == pytest.approx(1.0)
+    # layers: 300 ms fp32 -> 200 ms bf16; the other 100 ms of the update at 2x: 50 ms.
+    assert speedups["bound"] == pytest.approx(400 / (200 + 50))
+    out = capsys.readouterr().out
+    assert "| whole world-model update | 400 | 300 | 1.33x |" in out
+    assert "75% of the fp32 update" in out
+
+
+def test_runs_at_tiny_size():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/wm_layers.py", "--frames", "4", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 19 + 1 + 2  # header, layers, update, two group sums
+    assert "the update's bf16 speed-up would be" in result.stdout
