@@ -2,8 +2,11 @@
 
 By default glibc serves large blocks with mmap and returns freed memory to the OS, so every update
 page-faults its big activations in again. Keeping freed memory in the process made the paper-size
-world-model update about 1.6x faster on our 2-core CPU (benchmarks/train_step.py, with and without
-`--no-malloc-tuning`). The cost: the process keeps its peak memory.
+world-model update 1.5-2.5x faster on our 2-core CI VMs (benchmarks/train_step.py, with and
+without `--no-malloc-tuning`). The cost: the process keeps its peak memory, and more: glibc 2.36
+does not reuse a freed block for the next aligned allocation of the same size (PyTorch allocates
+with `posix_memalign`), so a paper-size fp32 update that peaks at 7.0 GB leaves the process at
+12.2 GB resident. `main.py` applies it unless `DRAMA_MALLOC_TUNING=0`.
 """
 
 from __future__ import annotations
