@@ -42,6 +42,15 @@ def matmul_flops_per_s(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> f
     return 2 * n**3 / best
 
 
+def copy_bytes_per_s(megabytes: int = 512, repeats: int = 3) -> float:
+    """Memory bandwidth of a plain fp32 copy (bytes read + written per second): the updates'
+    element-wise passes are bound by it, and it differs between otherwise identical VMs."""
+    src = torch.randn(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.nbytes / min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -118,9 +127,10 @@ def main() -> None:
         flush=True,
     )
     matmul = {"fp32": matmul_flops_per_s(torch.float32), "bf16": matmul_flops_per_s(torch.bfloat16)}
+    copy = copy_bytes_per_s()
     print(
         f"matmul 4096^3: fp32 {matmul['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s",
+        f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s; 512 MB copy {copy / 1e9:.0f} GB/s",
         flush=True,
     )
     tasks = {
@@ -164,7 +174,8 @@ def main() -> None:
         )
     print(
         f"\nmatmul 4096^3 in the same run: fp32 {matmul['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s; {torch.get_num_threads()} threads"
+        f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s; 512 MB copy {copy / 1e9:.0f} GB/s; "
+        f"{torch.get_num_threads()} threads"
     )
 
 
