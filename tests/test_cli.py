@@ -87,6 +87,10 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     assert torch.all(second["replay"]["n_counts"] >= n_first)
     assert second["replay"]["n_counts"].sum() > n_first.sum()
     assert not (resumed_dir / "replay").exists()
+    # The rows the replay files hold, counted next to them (see ReplayBuffer: a resume drops the
+    # rows an interrupted run wrote after its checkpoint).
+    assert int(second["replay"]["written"].sum()) == 120
+    assert int(np.load(run_dir / "replay" / "written.npy").sum()) == 120
     # The running episode went on: the first row written after the resume is the frame the
     # checkpoint held, not the first frame of a new episode.
     running = first["collector"]["running"]

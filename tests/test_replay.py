@@ -191,3 +191,60 @@ def test_imagination_contexts_never_end_with_a_terminal_step():
         context = replay.sample_starts(8, 3)
         assert not context["terminated"][:, -1].any()
         assert context["terminated"][:, :-1].any()  # terminal steps earlier in a context are fine
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected_t"),
+    [
+        (12, 0, list(range(2, 12))),  # resumed from the latest state: nothing lost
+        (12, 3, list(range(5, 12))),  # a full stream: the rows of t = 2, 3, 4 were overwritten
+        (4, 5, [0, 1, 2, 3]),  # the interrupted run only used free rows
+        (4, 8, [2, 3]),  # 6 free rows, then over the rows of t = 0, 1
+        (12, 25, []),  # over the whole stream
+    ],
+)
+def test_resume_drops_the_rows_the_interrupted_run_overwrote(tmp_path, before, after, expected_t):
+    directory = str(tmp_path / "replay")
+    replay = ReplayBuffer(10, seed=0, directory=directory)
+    fill(replay, before)
+    checkpoint = replay.state_dict(include_data=False)
+    fill(replay, after, first_t=before)  # the run goes on after its checkpoint, then dies
+    del replay
+
+    resumed = ReplayBuffer(10, seed=0, directory=directory, reopen=True)
+    resumed.load_state_dict(checkpoint)
+    assert resumed.data["action"][resumed.valid_starts(1)].tolist() == expected_t  # oldest first
+    assert len(resumed) == len(expected_t)
+    fill(resumed, 2, first_t=100)  # new rows extend the valid range at its head
+    timeline = [*expected_t, 100, 101][-10:]  # (a full stream loses its 2 oldest rows)
+    assert resumed.data["action"][resumed.valid_starts(1)].tolist() == timeline
+    assert resumed.written.tolist() == [before + 2]
+    for _ in range(10):  # windows run through consecutive rows of this timeline
+        window = resumed.sample(1, 2)["action"][0].tolist()
+        assert window in [timeline[i : i + 2] for i in range(len(timeline) - 1)]
+
+
+def test_resume_with_several_streams_and_from_an_older_replay(tmp_path):
+    directory = str(tmp_path / "replay")
+    replay = ReplayBuffer(20, num_streams=2, seed=0, directory=directory)
+    fill(replay, 13)  # 10 rows per stream: both full, oldest t = 3
+    checkpoint = replay.state_dict(include_data=False)
+    fill(replay, 4, first_t=13)
+    del replay
+
+    resumed = ReplayBuffer(20, num_streams=2, seed=0, directory=directory, reopen=True)
+    resumed.load_state_dict(checkpoint)
+    rows = resumed.data["action"][resumed.valid_starts(1)].tolist()
+    assert rows == list(range(7, 13)) + [1000 + t for t in range(7, 13)]
+    del resumed
+
+    # A replay directory and checkpoint from before the row count: nothing to go by, all kept.
+    (tmp_path / "replay" / "written.npy").unlink()
+    old = ReplayBuffer(20, num_streams=2, seed=0, directory=directory, reopen=True)
+    old.load_state_dict({k: v for k, v in checkpoint.items() if k != "written"})
+    assert len(old) == 20
+    old.load_state_dict(checkpoint)  # the file says "unknown" (-1): nothing dropped either
+    assert len(old) == 20
+
+    with pytest.raises(ValueError, match="same data.num_envs"):  # 20 rows either way
+        ReplayBuffer(20, num_streams=4, seed=0, directory=directory, reopen=True)

@@ -17,6 +17,12 @@ DFS (Drama, section "Dynamic Frequency-Based Sampling" of DESIGN.md) keeps per r
 
 Only start indices are counted; overwriting a row resets its counts. Draws are without replacement
 (Gumbel-top-k), falling back to with replacement while fewer valid starts exist than requested.
+
+A memory-mapped replay also keeps, in ``written.npy``, how many rows each stream has written. A run
+resumed from a checkpoint reopens the files the interrupted run went on writing after that
+checkpoint; the count tells how many rows it wrote, and the rows of the checkpoint's replay they
+overwrote (the oldest ones, once a stream wraps) are dropped instead of being sampled as if they
+were older than the checkpoint.
 """
 
 from __future__ import annotations
@@ -98,7 +104,13 @@ class ReplayBuffer:
                 else:
                     self.data[key] = np.lib.format.open_memmap(path, "w+", dtype, (rows, *shape))
         self.pos = np.zeros(num_streams, np.int64)  # next write row inside each stream
-        self.size = np.zeros(num_streams, np.int64)  # rows written inside each stream
+        self.size = np.zeros(num_streams, np.int64)  # valid rows inside each stream, up to pos
+        self.written = np.zeros(num_streams, np.int64)  # rows ever written by each stream
+        # On disk next to the arrays, updated with every row: what the files hold (-1: unknown,
+        # a replay directory from before this file existed).
+        self._written_on_disk: np.ndarray | None = None
+        if directory is not None:
+            self._written_on_disk = _written_file(directory, reopen, num_streams)
         self.n_counts = np.zeros(rows, np.int64)  # times used as a window start
         self.m_counts = np.zeros(rows, np.int64)  # times used as an imagination start
         self.rng = np.random.default_rng(seed)
@@ -125,6 +137,10 @@ class ReplayBuffer:
     ) -> None:
         """Append one row to every stream; each argument has a leading dim of ``num_streams``."""
         rows = np.arange(self.num_streams) * self.stream_capacity + self.pos
+        if self._written_on_disk is not None:
+            # Counted before the row is written: a crash in between may drop one row on resume,
+            # never keep one that changed.
+            self._written_on_disk[:] = self.written + 1
         values = (obs, action, reward, terminated, truncated, is_first)
         for key, value in zip(FIELDS, values, strict=True):
             self.data[key][rows] = value
@@ -132,6 +148,7 @@ class ReplayBuffer:
         self.m_counts[rows] = 0
         self.pos = (self.pos + 1) % self.stream_capacity
         self.size = np.minimum(self.size + 1, self.stream_capacity)
+        self.written += 1
 
     # ---- sampling ------------------------------------------------------------------------------
 
@@ -147,8 +164,8 @@ class ReplayBuffer:
             count = int(self.size[s]) - length + 1
             if count <= 0:
                 continue
-            # oldest row of a full stream is the write position; windows go forward from it
-            oldest = self.pos[s] if self.size[s] == self.stream_capacity else 0
+            # the valid rows end at the write position (a full stream: they start there too)
+            oldest = (self.pos[s] - self.size[s]) % self.stream_capacity
             local = (oldest + np.arange(count)) % self.stream_capacity
             starts.append(s * self.stream_capacity + local)
         if not starts:
@@ -241,6 +258,7 @@ class ReplayBuffer:
             "num_streams": self.num_streams,
             "pos": self.pos.copy(),
             "size": self.size.copy(),
+            "written": self.written.copy(),
             "n_counts": self.n_counts.copy(),
             "m_counts": self.m_counts.copy(),
             "rng": self.rng.bit_generator.state,
@@ -263,6 +281,26 @@ class ReplayBuffer:
         self.rng.bit_generator.state = state["rng"]
         for key, array in state.get("data", {}).items():
             self.data[key][:] = array
+        if "written" in state:  # checkpoints from before the count have none
+            self.written[:] = state["written"]
+            if self._written_on_disk is not None:
+                self._drop_rows_written_after_checkpoint()
+
+    def _drop_rows_written_after_checkpoint(self) -> None:
+        """Reopened files may hold rows the interrupted run wrote after the checkpoint being
+        restored: first into the free rows of a stream, then over its oldest valid rows. Those
+        oldest rows are no longer what the checkpoint saw, so they leave the valid range."""
+        on_disk = np.asarray(self._written_on_disk)
+        after = np.where(on_disk >= 0, on_disk - self.written, 0).clip(min=0)  # [streams]
+        lost = np.clip(after - (self.stream_capacity - self.size), 0, self.size)
+        if lost.any():
+            log.warning(
+                "replay: the interrupted run wrote %s rows per stream after this checkpoint, "
+                "over the %s oldest rows of its replay; those are dropped",
+                after.tolist(), lost.tolist(),
+            )  # fmt: skip
+        self.size -= lost
+        self._written_on_disk[:] = self.written
 
     def save(self, path: str) -> None:
         """Write the stored arrays as ``<path>/<field>.npy`` (counters go in :meth:`state_dict`)."""
@@ -272,6 +310,8 @@ class ReplayBuffer:
                 array.flush()
             else:
                 np.save(os.path.join(path, f"{key}.npy"), array)
+        if self._written_on_disk is not None:
+            self._written_on_disk.flush()
 
     def load(self, path: str) -> None:
         """Read arrays written by :meth:`save` into this buffer (same capacity and streams)."""
@@ -301,6 +341,22 @@ def _reopen(path: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
             "resume with the same data.capacity and data.num_envs as the original run"
         )
     return array
+
+
+def _written_file(directory: str, reopen: bool, num_streams: int) -> np.ndarray:
+    """The memory-mapped per-stream row count ``<directory>/written.npy``: [streams] int64."""
+    path = os.path.join(directory, "written.npy")
+    if reopen and os.path.exists(path):
+        counts = np.load(path, mmap_mode="r+")
+        if counts.shape != (num_streams,) or counts.dtype != np.int64:
+            raise ValueError(
+                f"{path} holds {counts.dtype} {counts.shape}, expected int64 ({num_streams},): "
+                "resume with the same data.num_envs as the original run"
+            )
+        return counts
+    counts = np.lib.format.open_memmap(path, "w+", np.int64, (num_streams,))
+    counts[:] = -1 if reopen else 0  # reopening a replay from before the count: unknown
+    return counts
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
