@@ -42,6 +42,8 @@ def test_report_groups_and_bound(capsys):
     assert speedups["BN+SiLU"] == pytest.approx(1.0)
     # layers: 300 ms fp32 -> 200 ms bf16; the other 100 ms of the update at 2x: 50 ms.
     assert speedups["bound"] == pytest.approx(400 / (200 + 50))
+    # convs 200 -> 100 ms; everything else (100 ms BN+SiLU, 100 ms rest) at 2x: 100 ms.
+    assert speedups["conv_bound"] == pytest.approx(400 / (100 + 100))
     out = capsys.readouterr().out
     assert "| whole world-model update | 400 | 300 | 1.33x |" in out
     assert "75% of the fp32 update" in out
