@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -111,6 +112,29 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     assert "Evaluation after 60 env steps" in table
     assert "human-normalised score (Pong)" in table
     assert table.count("\n       0 ") + table.count("\n       1 ") >= 2  # one row per episode
+
+
+def test_resume_from_an_older_checkpoint_drops_the_rows_written_after_it(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    small = [*TINY, "--data.capacity=80"]
+    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=60")
+    checkpoints = tmp_path / "runs" / "debug" / "version_0" / "checkpoints"
+    older = checkpoints / "at-60.ckpt"
+    (checkpoints / "last.ckpt").rename(older)
+    # A run from it goes on to 120 env steps: 60 new rows in an 80-row replay, 40 over old ones.
+    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=120",
+            f"--ckpt_path={older}")  # fmt: skip
+    # Resuming from the older checkpoint again must not see those 60 rows as old data.
+    with caplog.at_level(logging.WARNING, logger="lightning_drama.data.replay"):
+        run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=90",
+                f"--ckpt_path={older}")  # fmt: skip
+    assert "wrote [60] rows per stream after this checkpoint, over the [40] oldest" in caplog.text
+    third = datamodule_state(checkpoints.parent.parent / "version_2" / "checkpoints" / "last.ckpt")
+    assert third["env_steps"] == 90
+    assert int(third["replay"]["size"].sum()) == 60 - 40 + 30
+    assert int(third["replay"]["written"].sum()) == 90
 
 
 def test_fit_in_bf16_mixed_precision(tmp_path, monkeypatch):
