@@ -118,23 +118,26 @@ def test_resume_from_an_older_checkpoint_drops_the_rows_written_after_it(
     tmp_path, monkeypatch, caplog
 ):
     monkeypatch.chdir(tmp_path)
-    small = [*TINY, "--data.capacity=80"]
-    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=60")
+    small = [*TINY, "--data.capacity=50"]
+    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=40")
     checkpoints = tmp_path / "runs" / "debug" / "version_0" / "checkpoints"
-    older = checkpoints / "at-60.ckpt"
+    older = checkpoints / "at-40.ckpt"
     (checkpoints / "last.ckpt").rename(older)
-    # A run from it goes on to 120 env steps: 60 new rows in an 80-row replay, 40 over old ones.
-    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=120",
+    # A run from it goes on to 80 env steps: 40 new rows in a 50-row replay, 30 over old ones.
+    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=80",
             f"--ckpt_path={older}")  # fmt: skip
-    # Resuming from the older checkpoint again must not see those 60 rows as old data.
-    with caplog.at_level(logging.WARNING, logger="lightning_drama.data.replay"):
-        run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=90",
+    # Resuming from the older checkpoint again must not take those rows for old data. The 10
+    # rows left are fewer than a window (seq_len 16): 6 random-action steps top them up.
+    with caplog.at_level(logging.WARNING):
+        run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=50",
                 f"--ckpt_path={older}")  # fmt: skip
-    assert "wrote [60] rows per stream after this checkpoint, over the [40] oldest" in caplog.text
+    assert "wrote [40] rows per stream after this checkpoint, over the [30] oldest" in caplog.text
+    assert "[10] rows per env left after the resume" in caplog.text
+    assert "collecting 6 steps per env" in caplog.text
     third = datamodule_state(checkpoints.parent.parent / "version_2" / "checkpoints" / "last.ckpt")
-    assert third["env_steps"] == 90
-    assert int(third["replay"]["size"].sum()) == 60 - 40 + 30
-    assert int(third["replay"]["written"].sum()) == 90
+    assert third["env_steps"] == 50
+    assert int(third["replay"]["size"].sum()) == 40 - 30 + 10
+    assert int(third["replay"]["written"].sum()) == 50
 
 
 def test_fit_in_bf16_mixed_precision(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ training loop steps the envs between updates through :meth:`DramaDataModule.coll
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -22,6 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_drama.data.collector import Collector, Policy
 from lightning_drama.data.replay import SAMPLING_MODES, ReplayBuffer
 from lightning_drama.envs import make_env
+
+log = logging.getLogger(__name__)
 
 
 class ReplayStream(IterableDataset):
@@ -330,6 +333,22 @@ class DramaDataModule(pl.LightningDataModule):
         if saved_to is not None and os.path.isdir(self._rank_path(saved_to)):
             self.replay.load(self._rank_path(saved_to))  # no copy when it is the same memmap
         self._restored = state.get("env_steps")
+        self._top_up_after_resume()
+
+    def _top_up_after_resume(self) -> None:
+        """A resume may drop replay rows an interrupted run overwrote after the checkpoint (see
+        ReplayBuffer); with fewer rows than one window left, collect the rest as the warm-up
+        does (random actions), so that the first batch can be drawn."""
+        short = max(self.seq_len, self.imagine_context) - int(self.replay.size.min())
+        if short <= 0:
+            return
+        log.warning(
+            "replay: %s rows per env left after the resume, fewer than one window; collecting "
+            "%s steps per env with random actions first",
+            self.replay.size.tolist(), short,
+        )  # fmt: skip
+        self.collector.collect(short * self.num_envs, policy=None)
+        self.collector.policy_state = None  # it did not see those steps: start afresh
 
     # ---- evaluation ----------------------------------------------------------------------
 
