@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train_step import autocast, replay_batch  # noqa: E402
+from benchmarks.train_step import autocast, cpu_description, replay_batch  # noqa: E402
 from lightning_drama.allocator import keep_freed_memory  # noqa: E402
 from lightning_drama.optim import LaProp  # noqa: E402
 from lightning_drama.world_model import WorldModel  # noqa: E402
@@ -117,8 +117,9 @@ def main() -> None:
 
         tasks["whole world-model update"] = {p: partial(update, p) for p in PRECISIONS}
 
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, {args.frames} frames, "
-          f"best of {args.repeats} interleaved rounds after 1 warm-up", flush=True)  # fmt: skip
+    print(f"{cpu_description()}; threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"{args.frames} frames, best of {args.repeats} interleaved rounds after 1 warm-up",
+          flush=True)  # fmt: skip
     times: dict[tuple[str, str], list[float]] = {}
     for name, by_precision in tasks.items():
         for precision, fn in by_precision.items():

@@ -57,3 +57,19 @@ def test_runs_at_tiny_size():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 19 + 1 + 2  # header, layers, update, two group sums
     assert "the update's bf16 speed-up would be" in result.stdout
+
+
+def test_cpu_description_names_the_bf16_instructions():
+    from benchmarks.train_step import cpu_description
+
+    amx = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n"
+    )
+    assert cpu_description(amx) == "Intel(R) Xeon(R) Processor, AVX512-BF16, AMX-BF16"
+    # the first CPU's fields count; the second CPU repeats them
+    epyc = (
+        "model name\t: AMD EPYC 9B14\nflags\t\t: fpu avx512f avx512_bf16\n\nmodel name\t: other\n"
+    )
+    assert cpu_description(epyc) == "AMD EPYC 9B14, AVX512-BF16"
+    assert cpu_description("") == "unknown CPU, no bf16 instructions"
