@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.train_step import cpu_description  # noqa: E402
 from lightning_drama.allocator import keep_freed_memory  # noqa: E402
 from lightning_drama.data import DramaDataModule  # noqa: E402
 from lightning_drama.module import DramaModule  # noqa: E402
@@ -157,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as main.py does
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"# {cpu_description()}; {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; configs/atari.yaml (Pong)"
     )
     rows = [measure(p, args.updates) for p in args.precisions]

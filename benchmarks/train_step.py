@@ -71,6 +71,25 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     return ", ".join([fields.get("model name", "unknown CPU"), *(bf16 or ["no bf16 instructions"])])
 
 
+FP32_TARGET = 0.30  # of the fp32 matmul rate
+BF16_TARGET = 1.8  # bf16 autocast speed-up over fp32
+
+
+def target_lines(fp32_of_matmul: float, bf16_speedup: float | None) -> list[str]:
+    """The world-model update's performance targets (issue #3), met or not."""
+    lines = [
+        f"fp32 world-model update at {fp32_of_matmul:.0%} of the fp32 matmul rate "
+        f"(target >= {FP32_TARGET:.0%}): {'met' if fp32_of_matmul >= FP32_TARGET else 'NOT met'}"
+    ]
+    if bf16_speedup is not None:
+        met = "met" if bf16_speedup >= BF16_TARGET else "NOT met"
+        lines.append(
+            f"bf16 autocast speed-up of the world-model update {bf16_speedup:.2f}x "
+            f"(target >= {BF16_TARGET}x): {met}"
+        )
+    return lines
+
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -154,8 +173,9 @@ def main() -> None:
         f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s; 512 MB copy {copy / 1e9:.0f} GB/s",
         flush=True,
     )
+    wm_name = f"world model {args.wm_batch}x{args.wm_length}"
     tasks = {
-        f"world model {args.wm_batch}x{args.wm_length}": world_model_update,
+        wm_name: world_model_update,
         f"imagine+AC {args.starts}x({args.context}+{args.horizon})": actor_critic_update,
     }
     rows, best = [], {}
@@ -198,6 +218,13 @@ def main() -> None:
         f"bf16 {matmul['bf16'] / 1e9:.0f} GFLOP/s; 512 MB copy {copy / 1e9:.0f} GB/s; "
         f"{torch.get_num_threads()} threads"
     )
+    if (args.wm_batch, args.wm_length) == (16, 128) and (wm_name, "fp32") in best:
+        flops = next(row[4] for row in rows if row[:2] == (wm_name, "fp32"))
+        speedup = None
+        if (wm_name, "bf16") in best:
+            speedup = best[wm_name, "fp32"] / best[wm_name, "bf16"]
+        fraction = flops / best[wm_name, "fp32"] / matmul["fp32"]
+        print("\n" + "\n".join(target_lines(fraction, speedup)))
 
 
 if __name__ == "__main__":

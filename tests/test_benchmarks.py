@@ -73,3 +73,14 @@ def test_cpu_description_names_the_bf16_instructions():
     )
     assert cpu_description(epyc) == "AMD EPYC 9B14, AVX512-BF16"
     assert cpu_description("") == "unknown CPU, no bf16 instructions"
+
+
+def test_target_lines_say_met_or_not():
+    from benchmarks.train_step import target_lines
+
+    met = target_lines(0.45, 2.16)
+    assert met[0].endswith("at 45% of the fp32 matmul rate (target >= 30%): met")
+    assert met[1].endswith("2.16x (target >= 1.8x): met")
+    missed = target_lines(0.29, 1.79)
+    assert missed[0].endswith("NOT met") and missed[1].endswith("NOT met")
+    assert len(target_lines(0.5, None)) == 1
