@@ -105,7 +105,7 @@ def measure(precision: str, updates: int) -> dict:
 
 def count_update_flops(model: DramaModule, datamodule: DramaDataModule, precision: str) -> float:
     """FLOPs of one world-model update + imagination + actor-critic update (fwd and bwd)."""
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = next(iter(datamodule.train_dataloader())).sample()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     with FlopCounterMode(display=False) as counter, autocast:
         loss, _ = model.world_model.loss(batch)

@@ -25,7 +25,7 @@ def test_batches_have_the_right_shapes_and_dtypes():
     assert dm.env_steps == 48 and len(dm.replay) == 48
     dm.setup("fit")  # idempotent: no second warm-up
     assert dm.env_steps == 48
-    batch = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader())).sample()
     expected = {
         "obs": ((3, 16, 64, 64, 3), torch.uint8),
         "action": ((3, 16), torch.int64),
@@ -71,7 +71,7 @@ def test_bad_configuration_fails_at_construction(overrides, message):
 
 def _draw(dm: DramaDataModule, batches: int) -> list[dict[str, torch.Tensor]]:
     stream = iter(dm.train_dataloader())
-    return [next(stream) for _ in range(batches)]
+    return [next(stream).sample() for _ in range(batches)]
 
 
 def test_state_dict_roundtrip_reproduces_the_next_batches(tmp_path):
@@ -103,7 +103,7 @@ def test_memory_mapped_replay(tmp_path):
     dm.setup("fit")
     assert (tmp_path / "replay" / "obs.npy").exists()
     assert dm.state_dict()["replay_dir"] == str(tmp_path / "replay")
-    assert next(iter(dm.train_dataloader()))["obs"].shape == (3, 16, 64, 64, 3)
+    assert next(iter(dm.train_dataloader())).sample()["obs"].shape == (3, 16, 64, 64, 3)
 
 
 class CollectingModule(pl.LightningModule):

@@ -1,9 +1,15 @@
 """DramaDataModule: owns the env(s), the replay buffer with DFS and the collector.
 
 ``setup("fit")`` builds them and prefills the warm-up with random actions (Lightning fetches the
-first batch before ``on_train_start``). ``train_dataloader`` streams dict batches from an infinite
+first batch before ``on_train_start``). ``train_dataloader`` streams batches from an infinite
 ``IterableDataset`` with ``num_workers=0`` (the replay lives in this process and keeps growing). The
 training loop steps the envs between updates through :meth:`DramaDataModule.collect`.
+
+The stream yields :class:`DeferredBatch` es, sampled in ``on_before_batch_transfer``: Lightning
+fetches one batch ahead of the update it trains, and a draw at that moment would be in the
+checkpoint written after the current update; a run resumed from it would then draw another batch
+than the run that went on. So the replay's RNG and DFS counts in a checkpoint are those of the
+updates done, and a resumed run continues exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,8 +33,27 @@ from lightning_drama.envs import make_env
 log = logging.getLogger(__name__)
 
 
+class DeferredBatch:
+    """A batch of a :class:`ReplayStream` not drawn yet: :meth:`sample` draws it (once)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ReplayStream):
+        self._stream: ReplayStream | None = stream
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        if self._stream is None:
+            raise RuntimeError("this batch was already sampled")
+        stream, self._stream = self._stream, None
+        return stream.sample()
+
+
 class ReplayStream(IterableDataset):
-    """Endless batches: windows ``[B, L, ...]`` and imagination starts ``start_* [N, C, ...]``."""
+    """Endless batches: windows ``[B, L, ...]`` and imagination starts ``start_* [N, C, ...]``.
+
+    With ``deferred=True`` it yields :class:`DeferredBatch` es that draw from the replay only when
+    sampled (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -37,12 +62,14 @@ class ReplayStream(IterableDataset):
         seq_len: int,
         imagine_batch: int,
         imagine_context: int,
+        deferred: bool = False,
     ):
         self.replay = replay
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.imagine_batch = imagine_batch
         self.imagine_context = imagine_context
+        self.deferred = deferred
 
     def sample(self) -> dict[str, torch.Tensor]:
         windows = self.replay.sample(self.batch_size, self.seq_len)
@@ -51,9 +78,9 @@ class ReplayStream(IterableDataset):
         batch.update({f"start_{key}": torch.from_numpy(value) for key, value in starts.items()})
         return batch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor] | DeferredBatch]:
         while True:
-            yield self.sample()
+            yield DeferredBatch(self) if self.deferred else self.sample()
 
 
 class DramaDataModule(pl.LightningDataModule):
@@ -178,6 +205,7 @@ class DramaDataModule(pl.LightningDataModule):
         # Checkpoint being resumed (set by the CLI) so setup reopens its replay instead of
         # collecting a fresh warm-up; Lightning itself restores state only after setup.
         self.resume_from: str | None = None
+        self._run_dir: str | None = None  # the Trainer's log_dir, absolute (set in setup)
 
     @property
     def rank(self) -> int:
@@ -196,13 +224,18 @@ class DramaDataModule(pl.LightningDataModule):
         """
         if stage not in (None, "fit") or self.replay is not None:
             return
+        if self.trainer is not None and self.trainer.loggers:
+            self._run_dir = os.path.abspath(self.trainer.log_dir)  # log_dir: a DDP collective
         if self._pending_state is None:
             self._pending_state = self._state_from_checkpoint()
         resume = self._pending_state
         rank = self.rank
         seed = self.seed + rank * self.num_envs
         reopen = resume is not None and resume.get("replay_dir") is not None
-        replay_dir = self._rank_path(resume["replay_dir"]) if reopen else self._new_replay_dir()
+        if reopen:
+            replay_dir = self._saved_replay_dir(resume) or self._rank_path(resume["replay_dir"])
+        else:
+            replay_dir = self._new_replay_dir()
         self.replay = ReplayBuffer(
             self.capacity,
             num_streams=self.num_envs,
@@ -246,9 +279,15 @@ class DramaDataModule(pl.LightningDataModule):
     def _new_replay_dir(self) -> str | None:
         return None if self.replay_dir == "memory" else self._run_replay_dir(self.replay_dir)
 
-    def _state_from_checkpoint(self) -> dict[str, Any] | None:
+    @property
+    def _checkpoint_path(self) -> str | None:
+        """The checkpoint being resumed, if any."""
         path = self.resume_from or (self.trainer.ckpt_path if self.trainer is not None else None)
-        if not path or not os.path.isfile(str(path)):
+        return str(path) if path else None
+
+    def _state_from_checkpoint(self) -> dict[str, Any] | None:
+        path = self._checkpoint_path
+        if not path or not os.path.isfile(path):
             return None
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint.get(type(self).__qualname__)
@@ -256,21 +295,52 @@ class DramaDataModule(pl.LightningDataModule):
 
     def _own_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint holds rank 0's state; other DDP ranks read theirs next to their replay."""
-        if self.world_size > 1 and self.rank > 0 and state.get("replay_saved_to"):
-            own = os.path.join(
-                self._rank_path(state["replay_saved_to"]), f"state-{state['env_steps']}.pt"
-            )
+        saved_to = self._saved_replay_dir(state)
+        if self.world_size > 1 and self.rank > 0 and saved_to:
+            own = os.path.join(saved_to, f"state-{state['env_steps']}.pt")
             state = torch.load(own, map_location="cpu", weights_only=True)
         return state
+
+    def _saved_replay_dir(self, state: dict[str, Any]) -> str | None:
+        """This process's replay files of the checkpoint being resumed.
+
+        A checkpoint in ``<run dir>/checkpoints/`` names its replay by its place relative to
+        ``<run dir>`` (``replay``, or ``../version_0/replay`` for a resumed run), so a copied or
+        moved run, or one resumed from another working directory, reads and writes its own
+        frames. Otherwise, or if they are not there, the absolute path the replay was saved to.
+        """
+        relative, path = state.get("replay_in_run"), self._checkpoint_path
+        if relative and path:
+            run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            candidate = self._rank_path(os.path.normpath(os.path.join(run_dir, relative)))
+            if os.path.isfile(os.path.join(candidate, "obs.npy")):
+                return candidate
+        saved_to = state.get("replay_saved_to")
+        return self._rank_path(saved_to) if saved_to else None
 
     def train_dataloader(self) -> DataLoader:
         if self.replay is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         stream = ReplayStream(
-            self.replay, self.batch_size, self.seq_len, self.imagine_batch, self.imagine_context
+            self.replay,
+            self.batch_size,
+            self.seq_len,
+            self.imagine_batch,
+            self.imagine_context,
+            deferred=True,
         )
-        # batch_size=None: the stream yields whole batches; num_workers=0: the replay is live
-        return DataLoader(stream, batch_size=None, num_workers=0)
+        # batch_size=None: the stream yields whole batches; num_workers=0: the replay is live.
+        # Its own generator: making the iterator draws a seed, which must not come from the
+        # global RNG that the checkpoint restores for the policy and dropout.
+        return DataLoader(stream, batch_size=None, num_workers=0, generator=torch.Generator())
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Draw a deferred batch now, right before the update that trains on it."""
+        if isinstance(batch, DeferredBatch):
+            batch = batch.sample()
+            if self.trainer is not None:
+                batch = self.trainer.precision_plugin.convert_input(batch)
+        return batch
 
     def collect(self, policy: Policy | None = None) -> list[dict[str, float]]:
         """Take ``env_steps_per_update`` env steps with ``policy``; returns finished episodes."""
@@ -300,15 +370,20 @@ class DramaDataModule(pl.LightningDataModule):
         saved_to = self.replay.directory
         if saved_to is None:
             saved_to = self._run_replay_dir()
+        in_run = None
         if saved_to is not None:
             saved_to = os.path.abspath(saved_to)
             self.replay.save(saved_to)
+            # Relative to the run directory, when it is this run's or a sibling run's replay.
+            if self._run_dir and saved_to.startswith(os.path.dirname(self._run_dir) + os.sep):
+                in_run = os.path.relpath(saved_to, self._run_dir)
         state = {
             # numpy arrays become tensors: checkpoints must load with torch.load(weights_only=True)
             "replay": _checkpoint_safe(self.replay.state_dict(include_data=False)),
             "collector": _checkpoint_safe(self.collector.state_dict()),
             "replay_dir": self.replay.directory,
             "replay_saved_to": saved_to,
+            "replay_in_run": in_run,
             "env_steps": self.env_steps,
         }
         if saved_to is not None and self.world_size > 1:
@@ -329,9 +404,9 @@ class DramaDataModule(pl.LightningDataModule):
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.replay.load_state_dict(state["replay"])
         self.collector.load_state_dict(state["collector"])
-        saved_to = state.get("replay_saved_to")
-        if saved_to is not None and os.path.isdir(self._rank_path(saved_to)):
-            self.replay.load(self._rank_path(saved_to))  # no copy when it is the same memmap
+        saved_to = self._saved_replay_dir(state)
+        if saved_to is not None and os.path.isdir(saved_to):
+            self.replay.load(saved_to)  # no copy when it is the same memmap
         self._restored = state.get("env_steps")
         self._top_up_after_resume()
 

@@ -1,0 +1,92 @@
+"""Resuming through the CLI: a resumed run is the run that was not interrupted, and a run
+directory can be copied, moved or resumed from anywhere."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import TINY, datamodule_state
+
+from lightning_drama.cli import main
+
+REPLAY_KEYS = ("obs", "action", "reward", "terminated", "truncated", "is_first")
+
+
+def fit(*args: str) -> None:
+    main(["fit", "--config", "debug.yaml", *TINY, *args])
+
+
+def replay_rows(run_dir: Path, rows: int) -> dict[str, np.ndarray]:
+    return {key: np.load(run_dir / "replay" / f"{key}.npy")[:rows] for key in REPLAY_KEYS}
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Fit to 40 env steps and resume to 70, against one run to 70: the same env steps, actions,
+    replay rows, DFS counts and weights, bit for bit."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    fit("--data.total_env_steps=40")
+    runs = tmp_path / "a" / "runs" / "debug"
+    fit("--data.total_env_steps=70", f"--ckpt_path={runs / 'version_0/checkpoints/last.ckpt'}")
+    monkeypatch.chdir(tmp_path / "b")
+    fit("--data.total_env_steps=70")
+    whole = tmp_path / "b" / "runs" / "debug" / "version_0"
+
+    resumed_rows, whole_rows = replay_rows(runs / "version_0", 70), replay_rows(whole, 70)
+    for key in REPLAY_KEYS:
+        np.testing.assert_array_equal(resumed_rows[key], whole_rows[key], err_msg=key)
+    resumed_ckpt = runs / "version_1" / "checkpoints" / "last.ckpt"
+    whole_ckpt = whole / "checkpoints" / "last.ckpt"
+    resumed_state, whole_state = datamodule_state(resumed_ckpt), datamodule_state(whole_ckpt)
+    assert resumed_state["env_steps"] == whole_state["env_steps"] == 70
+    torch.testing.assert_close(
+        resumed_state["replay"]["n_counts"], whole_state["replay"]["n_counts"], rtol=0, atol=0
+    )
+    resumed_weights, whole_weights = weights(resumed_ckpt), weights(whole_ckpt)
+    assert resumed_weights.keys() == whole_weights.keys()
+    for name, value in whole_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_a_copied_or_moved_run_resumes_from_its_own_replay(tmp_path, monkeypatch, how):
+    """The checkpoint names the replay of the run directory it lies in, wherever that is and
+    whatever the working directory: a copy never reads or writes the original's frames."""
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    fit("--data.total_env_steps=40")
+    original = tmp_path / "a" / "runs" / "debug" / "version_0"
+    copy = tmp_path / "elsewhere" / "version_0"
+    if how == "copied":
+        shutil.copytree(original, copy)
+        # Mark the original's frames: a resume of the copy must neither read nor change them.
+        frames = np.load(original / "replay" / "obs.npy", mmap_mode="r+")
+        frames[:] = 7
+        frames.flush()
+        del frames
+    else:
+        shutil.move(original, copy)
+    before = np.load(copy / "replay" / "obs.npy")[:40].copy()
+    assert (before != 7).any()
+
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")  # another working directory; the checkpoint's path absolute
+    fit("--data.total_env_steps=50", f"--ckpt_path={copy / 'checkpoints' / 'last.ckpt'}")
+
+    after = np.load(copy / "replay" / "obs.npy")
+    np.testing.assert_array_equal(after[:40], before)  # the copy's own frames, kept
+    assert int(np.load(copy / "replay" / "written.npy").sum()) == 50  # and it went on in them
+    resumed = tmp_path / "b" / "runs" / "debug" / "version_0" / "checkpoints" / "last.ckpt"
+    assert datamodule_state(resumed)["replay_saved_to"] == str(copy / "replay")
+    if how == "copied":
+        assert (np.load(original / "replay" / "obs.npy") == 7).all()
+        assert int(np.load(original / "replay" / "written.npy").sum()) == 40
