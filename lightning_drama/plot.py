@@ -5,6 +5,9 @@
 A run is one ``metrics.csv`` written by Lightning's ``CSVLogger``
 (``<save_dir>/<name>/version_<k>/metrics.csv``); every ``metrics.csv`` below a RUN_DIR is a run.
 Rows are sparse (a row fills only the metrics logged at its step) and ``step`` is env steps.
+A run that logged only ``eval/`` metrics is a ``validate`` or ``test`` run, not training, and is
+skipped. A ``fit`` resumed from a checkpoint in another run's directory (``ckpt_path`` of its
+``config.yaml``) logs into a new directory; it continues that run, and the two are joined into one.
 
 Runs of the same env (``data.env_id`` of the ``config.yaml`` LightningCLI writes next to the log)
 are seeds of one experiment and drawn as one curve: each seed is smoothed with a trailing moving
@@ -18,8 +21,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +67,10 @@ class PlotError(ValueError):
 class Run:
     """The metrics of one ``metrics.csv`` and the env the run was trained on."""
 
-    path: Path  # the directory holding metrics.csv
+    path: Path  # the directory holding metrics.csv (the first one, for runs joined over resumes)
     env_id: str | None  # None when neither config.yaml nor hparams.yaml names it
     metrics: dict[str, Curve]
+    ckpt_path: str | None = None  # the checkpoint the run was resumed from, as config.yaml has it
 
     @property
     def group(self) -> str:
@@ -129,13 +134,16 @@ def read_metrics(csv_path: Path) -> dict[str, Curve]:
     return metrics
 
 
-def _env_id_in(config_path: Path, *keys: str) -> str | None:
+def is_evaluation(metrics: dict[str, Curve]) -> bool:
+    """Only ``eval/`` columns (and Lightning's ``epoch``): a ``validate`` or ``test`` run."""
+    return all(column.startswith("eval/") or column == "epoch" for column in metrics)
+
+
+def _string_in(config_path: Path, *keys: str) -> str | None:
     try:
         node = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        warnings.warn(
-            f"cannot read {config_path} ({e}); its run is not grouped by env", stacklevel=2
-        )
+        warnings.warn(f"cannot read {config_path} ({e}); ignoring it", stacklevel=2)
         return None
     for key in keys:
         if isinstance(node, dict) and isinstance(node.get("init_args"), dict):
@@ -144,35 +152,142 @@ def _env_id_in(config_path: Path, *keys: str) -> str | None:
     return node if isinstance(node, str) else None
 
 
+def _config_files(run_dir: Path, root: Path) -> Iterator[Path]:
+    """The ``config.yaml`` files from ``run_dir`` up to ``root``, nearest first."""
+    for directory in (run_dir, *run_dir.parents):
+        if (directory / "config.yaml").is_file():
+            yield directory / "config.yaml"
+        if directory == root or root not in directory.parents:
+            return
+
+
 def read_env_id(run_dir: Path, root: Path) -> str | None:
     """``data.env_id`` of the nearest ``config.yaml`` from ``run_dir`` up to ``root``.
 
     Falls back to the ``env_id`` the DataModule's hyperparameters put in ``hparams.yaml`` (runs
     started without LightningCLI).
     """
-    for directory in (run_dir, *run_dir.parents):
-        if (directory / "config.yaml").is_file():
-            env_id = _env_id_in(directory / "config.yaml", "data", "env_id")
-            if env_id is not None:
-                return env_id
-        if directory == root or root not in directory.parents:
-            break
+    for config in _config_files(run_dir, root):
+        env_id = _string_in(config, "data", "env_id")
+        if env_id is not None:
+            return env_id
     if (run_dir / "hparams.yaml").is_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # hparams may hold tags safe_load refuses; optional
-            return _env_id_in(run_dir / "hparams.yaml", "env_id")
+            return _string_in(run_dir / "hparams.yaml", "env_id")
     return None
 
 
+def read_ckpt_path(run_dir: Path, root: Path) -> str | None:
+    """``ckpt_path`` of the nearest ``config.yaml``: the checkpoint a resumed fit started from."""
+    config = next(_config_files(run_dir, root), None)
+    return _string_in(config, "ckpt_path") if config is not None else None
+
+
+def resumed_from(run: Run, runs: Sequence[Run]) -> Run | None:
+    """The run of ``runs`` (same env) whose directory holds the checkpoint ``run`` resumed from.
+
+    A relative ``ckpt_path`` is relative to the directory training was started in, which is
+    normally above the run's own log directory (``save_dir: runs``): the nearest directory above
+    ``run`` that puts the checkpoint inside another run is taken.
+    """
+    if run.ckpt_path is None:
+        return None
+    ckpt = Path(run.ckpt_path).expanduser()
+    starts = [Path()] if ckpt.is_absolute() else [*run.path.resolve().parents, Path.cwd()]
+    others = [(o.path.resolve(), o) for o in runs if o is not run and o.env_id == run.env_id]
+    for start in starts:
+        above_ckpt = (start / ckpt).resolve().parents
+        for other_dir, other in others:
+            if other_dir in above_ckpt:
+                return other
+    return None
+
+
+def last_step(run: Run) -> float:
+    return max(steps[-1] for steps, _ in run.metrics.values())
+
+
+def continue_with(run: Run, resumed: Run) -> Run:
+    """``run`` up to the first step ``resumed`` logged, then ``resumed``: one seed.
+
+    What ``run`` logged from there on came after the checkpoint, from training the resume
+    replaced (it was interrupted), so it is dropped.
+    """
+    start = min(steps[0] for steps, _ in resumed.metrics.values())
+    metrics = {}
+    for column in run.metrics.keys() | resumed.metrics.keys():
+        steps, values = run.metrics.get(column, (np.empty(0), np.empty(0)))
+        later_steps, later_values = resumed.metrics.get(column, (np.empty(0), np.empty(0)))
+        before = steps < start
+        if before.any() or len(later_steps):
+            metrics[column] = (
+                np.concatenate([steps[before], later_steps]),
+                np.concatenate([values[before], later_values]),
+            )
+    return Run(run.path, run.env_id, metrics, run.ckpt_path)
+
+
+def join_resumes(runs: Sequence[Run]) -> list[Run]:
+    """One run per seed: each run followed by its chain of resumes, joined with ``continue_with``.
+
+    When two runs resumed from checkpoints of the same run, the one whose chain got further is
+    its continuation and the other is left out with a warning.
+    """
+    resumes: dict[int, list[Run]] = {id(run): [] for run in runs}
+    roots = []
+    for run in runs:
+        source = resumed_from(run, runs)
+        if source is None:
+            roots.append(run)
+        else:
+            resumes[id(source)].append(run)
+
+    def reach(run: Run) -> float:
+        return max([last_step(run), *(reach(resumed) for resumed in resumes[id(run)])])
+
+    seeds = []
+    for root in roots:
+        seed, run = root, root
+        while resumes[id(run)]:
+            nxt = max(resumes[id(run)], key=reach)
+            for other in resumes[id(run)]:
+                if other is not nxt:
+                    warnings.warn(
+                        f"{other.path} and {nxt.path} both resumed from a checkpoint of "
+                        f"{run.path}; leaving out {other.path}, which got less far",
+                        stacklevel=2,
+                    )
+            seed, run = continue_with(seed, nxt), nxt
+        seeds.append(seed)
+    return seeds
+
+
 def load_runs(paths: Sequence[Path]) -> list[Run]:
-    runs = []
+    """The training runs below ``paths``, one per seed: evaluation runs skipped, resumes joined."""
+    runs: list[Run] = []
+    seen = set()
     for path in paths:
         root = path.resolve() if path.is_dir() else path.resolve().parent
         for csv_path in find_metrics_files(path):
             run_dir = csv_path.parent
+            if run_dir.resolve() in seen:
+                continue  # given twice (a dir and a dir above it)
+            seen.add(run_dir.resolve())
+            metrics = read_metrics(csv_path)
+            if is_evaluation(metrics):
+                warnings.warn(
+                    f"skipping {run_dir}: no training metrics, only eval/ "
+                    "(a validate or test run, or a run stopped before its first log)",
+                    stacklevel=2,
+                )
+                continue
             env_id = read_env_id(run_dir.resolve(), root)
-            runs.append(Run(run_dir, env_id, read_metrics(csv_path)))
-    return runs
+            runs.append(Run(run_dir, env_id, metrics, read_ckpt_path(run_dir.resolve(), root)))
+    if not runs:
+        names = ", ".join(str(path) for path in paths)
+        raise PlotError(f"no training run under {names}: every metrics.csv has only eval/ columns")
+    return join_resumes(runs)
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -280,8 +395,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_drama.plot",
         description="Draw learning curves from the CSVLogger logs of training runs into a PNG. "
-        "Runs of the same env_id (from their config.yaml) are averaged with a 95 %% confidence "
-        "band.",
+        "Runs of the same env_id (from their config.yaml) are averaged with a 95 % confidence "
+        "band; a run resumed from another's checkpoint continues it; validate/test runs are "
+        "skipped.",
     )
     parser.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR",
@@ -300,10 +416,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="trailing moving average over K logged points per run; 1 = none (default: 5)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        fig = plot_learning_curves(load_runs(args.runs), args.metric, args.smooth)
-    except PlotError as e:
-        parser.error(str(e))
+    # What was skipped or could not be averaged, one line each, before the output or the error.
+    error = None
+    with warnings.catch_warnings(record=True) as notes:
+        try:
+            fig = plot_learning_curves(load_runs(args.runs), args.metric, args.smooth)
+        except PlotError as e:
+            error = e
+    for note in notes:
+        print(f"{parser.prog}: {note.message}", file=sys.stderr)
+    if error is not None:
+        parser.error(str(error))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=120)
     print(args.output)

@@ -3,6 +3,7 @@
 import csv
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from lightning_drama.plot import (
     Run,
+    load_runs,
     main,
     mean_and_band,
     plot_learning_curves,
@@ -22,8 +24,13 @@ from lightning_drama.plot import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(version_dir: Path, rows: list[dict], env_id: str | None) -> Path:
-    """A run as CSVLogger + LightningCLI leave it: sorted header, sparse rows, config.yaml."""
+def write_run(
+    version_dir: Path, rows: list[dict], env_id: str | None, ckpt_path: str | None = None
+) -> Path:
+    """A run as CSVLogger + LightningCLI leave it: sorted header, sparse rows, config.yaml.
+
+    ``ckpt_path`` is the ``--ckpt_path`` a resumed fit (or a test run) was started with.
+    """
     version_dir.mkdir(parents=True)
     columns = sorted({key for row in rows for key in row})
     with (version_dir / "metrics.csv").open("w", newline="") as file:
@@ -34,7 +41,7 @@ def write_run(version_dir: Path, rows: list[dict], env_id: str | None) -> Path:
     if env_id is not None:
         (version_dir / "config.yaml").write_text(
             f"seed_everything: 0\ntrainer:\n  max_steps: 10\ndata:\n  env_id: {env_id}\n"
-            "  num_envs: 1\n"
+            f"  num_envs: 1\nckpt_path: {ckpt_path or 'null'}\n"
         )
     return version_dir
 
@@ -226,3 +233,107 @@ def test_cli_subprocess(runs_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_resumes_are_one_seed_and_test_runs_are_skipped(tmp_path, monkeypatch):
+    """version_0 -> version_1 -> version_2 (resumes) and version_3 (a second seed); version_4 tests
+    version_2's checkpoint. As LightningCLI writes it, a relative ckpt_path is relative to the
+    directory training was started in: here tmp_path."""
+    root = tmp_path / "runs/pong"
+    # version_0 went on to 6000 after the checkpoint version_1 resumed from: from version_1's
+    # first log (5000) on, what version_1 logged replaces it
+    write_run(root / "version_0", training_rows(1000, 6000, -20, False), "ALE/Pong-v5")
+    last = "checkpoints/last.ckpt"
+    write_run(
+        root / "version_1", training_rows(5000, 7000, -30, False), "ALE/Pong-v5",
+        f"runs/pong/version_0/{last}",
+    )  # fmt: skip
+    write_run(
+        root / "version_2", training_rows(8000, 10000, -40, False), "ALE/Pong-v5",
+        str(root / f"version_1/{last}"),  # absolute
+    )  # fmt: skip
+    write_run(root / "version_3", training_rows(1000, 10000, -18, False), "ALE/Pong-v5")
+    evaluation = [{"step": 0, "epoch": 0, "eval/return_mean": 5.0, "eval/return_std": 1.0}]
+    write_run(root / "version_4", evaluation, "ALE/Pong-v5", f"runs/pong/version_2/{last}")
+    monkeypatch.chdir(tmp_path / "runs")  # not where training ran: the run dirs anchor the path
+
+    with pytest.warns(UserWarning, match=r"skipping .*version_4: no training metrics") as notes:
+        runs = load_runs([Path("pong")])
+    assert len(notes) == 1
+    assert [run.path for run in runs] == [Path("pong/version_0"), Path("pong/version_3")]
+    steps, returns = runs[0].metrics["env/episode_return"]
+    np.testing.assert_array_equal(steps, np.arange(1000, 10001, 1000))
+    np.testing.assert_array_equal(returns, [-19, -18, -17, -16, -25, -24, -23, -32, -31, -30])
+    np.testing.assert_array_equal(runs[0].metrics["eval/return_mean"][0], [5000, 10000])
+    np.testing.assert_array_equal(runs[0].metrics["eval/return_mean"][1], [-25, -30])
+
+    fig = plot_learning_curves(runs, ["eval/return_mean"], smooth_window=1)
+    (ax,) = fig.axes
+    assert ax.get_legend_handles_labels()[1] == ["Pong (2 seeds)"]
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [5000, 10000])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [(-25 - 13) / 2, (-30 - 8) / 2])
+    assert fig.get_suptitle() == "mean of seeds, 95 % t-interval, no smoothing"
+
+
+def test_a_run_resumed_from_elsewhere_is_a_seed_of_its_own(tmp_path):
+    root = tmp_path / "runs/pong"
+    elsewhere = str(tmp_path / "old/version_0/checkpoints/last.ckpt")  # not plotted
+    write_run(root / "version_0", training_rows(5000, 8000, 0, False), "ALE/Pong-v5", elsewhere)
+    # a checkpoint of Pong's version_0, resumed (fine-tuned) on another game: not its continuation
+    breakout = write_run(
+        root / "version_1", training_rows(9000, 10000, 0, False), "ALE/Breakout-v5",
+        str(root / "version_0/checkpoints/last.ckpt"),
+    )  # fmt: skip
+    runs = load_runs([root])
+    assert [run.path for run in runs] == [root / "version_0", breakout]
+    np.testing.assert_array_equal(
+        runs[0].metrics["env/episode_return"][0], [5000, 6000, 7000, 8000]
+    )
+
+
+def test_of_two_resumes_of_one_run_the_further_one_continues_it(tmp_path):
+    root = tmp_path / "runs/pong"
+    ckpt = str(root / "version_0/checkpoints/last.ckpt")
+    write_run(root / "version_0", training_rows(1000, 3000, 0, False), "ALE/Pong-v5")
+    write_run(root / "version_1", training_rows(4000, 9000, 10, False), "ALE/Pong-v5", ckpt)
+    write_run(root / "version_2", training_rows(4000, 5000, 20, False), "ALE/Pong-v5", ckpt)
+    with pytest.warns(UserWarning, match=r"version_2 and .*version_1 both resumed .* leaving out"):
+        (run,) = load_runs([root])
+    np.testing.assert_array_equal(
+        run.metrics["env/episode_return"][1], [1, 2, 3, 14, 15, 16, 17, 18, 19]
+    )
+
+
+def test_main_says_what_it_skipped_in_one_line(tmp_path, monkeypatch, capsys):
+    """The reported case: a resumed run and a test run were counted as seeds of eval/return_mean."""
+    write_run(tmp_path / "runs/debug/version_0", training_rows(1000, 5000, 0, False), "ALE/Pong-v5")
+    ckpt = "runs/debug/version_0/checkpoints/last.ckpt"
+    rows = training_rows(6000, 10000, 0, False)
+    write_run(tmp_path / "runs/debug/version_1", rows, "ALE/Pong-v5", ckpt)
+    evaluation = [{"step": 0, "epoch": 0, "eval/return_mean": 5.0}]
+    write_run(tmp_path / "runs/debug/version_2", evaluation, "ALE/Pong-v5", ckpt)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as escaped:
+        main(["runs/debug", "--metric", "eval/return_mean", "-o", "curves.png"])
+    assert escaped == []  # the notes go to stderr, one line each
+    out, err = capsys.readouterr()
+    assert out == "curves.png\n"
+    assert err == (
+        "python -m lightning_drama.plot: skipping runs/debug/version_2: no training metrics, only "
+        "eval/ (a validate or test run, or a run stopped before its first log)\n"
+    )
+
+    with pytest.raises(SystemExit):
+        main(["runs/debug/version_2", "-o", "x.png"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("python -m lightning_drama.plot: skipping runs/debug/version_2")
+    assert err[-1].endswith("error: no training run under runs/debug/version_2: every metrics.csv "
+                            "has only eval/ columns")  # fmt: skip
+
+
+def test_help_shows_a_single_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "95 % confidence band" in help_text
+    assert "%%" not in help_text
