@@ -1,6 +1,6 @@
 """Drama in PyTorch Lightning: `python main.py fit --config configs/atari.yaml`.
 
-Subcommands: fit, validate, test, predict; `python main.py fit --help` lists every option.
+Subcommands: fit, validate, test; `python main.py fit --help` lists every option.
 """
 
 from lightning_drama.cli import main

@@ -3,34 +3,51 @@
     python main.py fit --config configs/atari.yaml [--data.env_id ALE/Breakout-v5] [...]
     python main.py test --config configs/atari.yaml --ckpt_path runs/.../checkpoints/last.ckpt
 
-A bare config name (`--config atari.yaml`) is looked up in `configs/`. Configs may use OmegaConf
-interpolation (`${data.batch_size}`). The resolved config is saved into every run directory.
+A bare config name (`--config atari.yaml`) is looked up in `configs/`. Config files and
+command-line values may use OmegaConf interpolation (`imagine_batch: ${data.batch_size}`); it is
+resolved over the whole merged config, so it sees command-line overrides. The resolved config is
+saved into every run directory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
+import jsonargparse
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_drama.allocator import keep_freed_memory
 from lightning_drama.data import DramaDataModule
-from lightning_drama.module import DramaModule
+from lightning_drama.module import DramaModule, check_component_keys
 
 # TensorBoard creates the shared run directory first; the CSV logger then warns it is not empty.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Drama has no meaningful predict step (no `forward`): `predict` is not offered.
+SUBCOMMANDS = ("fit", "validate", "test")
 
 
 class DramaCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS
+        }
+
     def add_arguments_to_parser(self, parser) -> None:
         # The model's action space comes from the environment the DataModule probes.
         parser.link_arguments("data.num_actions", "model.num_actions", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # A typo in a model dict fails here, before the DataModule probes the environment.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config["model"]
+        check_component_keys(model.get("world_model"), model.get("actor_critic"))
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -84,19 +101,57 @@ def _find_config(name: str) -> str:
     return name  # let the parser report the missing file
 
 
+# An absolute interpolation `${data.batch_size}`: a key path from the root, no resolver (`oc.env:`).
+_ABSOLUTE_INTERPOLATION = re.compile(r"\$\{([a-zA-Z][a-zA-Z0-9_.\[\]]*)\}")
+
+
+def relative_interpolations(args: list[str]) -> list[str]:
+    """`--data.imagine_batch ${data.batch_size}` -> `--data.imagine_batch ${..data.batch_size}`.
+
+    The parser resolves interpolations over the whole config, where a subcommand's keys sit one
+    level down (`fit.data.batch_size`). A path relative to the option's own key finds them whatever
+    the subcommand; config files get the same rewrite from jsonargparse's
+    `omegaconf_absolute_to_relative_paths`. Inline YAML dicts and lists are left alone.
+    """
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if not arg.startswith("--"):
+            continue
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            resolved[i] = f"--{key}={_relative_interpolation(key, value)}"
+        elif i + 1 < len(resolved) and not resolved[i + 1].startswith("-"):
+            resolved[i + 1] = _relative_interpolation(arg[2:], resolved[i + 1])
+    return resolved
+
+
+def _relative_interpolation(key: str, value: str) -> str:
+    if key == "config" or value.lstrip().startswith(("{", "[")):
+        return value
+    # One dot is the node holding `key`, each further dot one level up: from `data.imagine_batch`,
+    # `..` is the subcommand's root.
+    up = "." * (key.count(".") + 1)
+    return _ABSOLUTE_INTERPOLATION.sub(lambda m: "${" + up + m.group(1) + "}", value)
+
+
 def main(args: list[str] | None = None) -> DramaCLI:
     if os.environ.get("DRAMA_MALLOC_TUNING", "1") != "0":
         keep_freed_memory()  # ~1.6x faster CPU updates; DRAMA_MALLOC_TUNING=0 turns it off
     if args is None:  # from the command line: rewrite sys.argv so LightningCLI parses it as usual
-        sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+        sys.argv[1:] = relative_interpolations(resolve_config_paths(sys.argv[1:]))
     else:
-        args = resolve_config_paths(args)
-    parser_kwargs = {name: {"parser_mode": "omegaconf"} for name in SUBCOMMANDS}
+        args = relative_interpolations(resolve_config_paths(args))
+    # "omegaconf+" resolves interpolations after config files and command line are merged. The
+    # root parser's mode is the one used (subcommand parsers inherit it), and its keys start with
+    # the subcommand: config files keep paths from their own root by the relative rewrite.
+    jsonargparse.set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return DramaCLI(
         DramaModule,
         DramaDataModule,
         args=args,
-        parser_kwargs=parser_kwargs,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        # DramaModule configures its own two LaProp optimisers: no --optimizer / --lr_scheduler.
+        auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         trainer_defaults={"num_sanity_val_steps": 0},

@@ -8,6 +8,8 @@ from the `EnvironmentLoop` callback this module installs (see `callbacks.py`).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import random
 import warnings
 from typing import Any
@@ -31,6 +33,34 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 # Hyperparameters a checkpoint must share with the model it is loaded into.
 _ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
+
+
+def check_component_keys(
+    world_model: dict[str, Any] | None, actor_critic: dict[str, Any] | None
+) -> None:
+    """Raises a ValueError for a key of `model.world_model` / `model.actor_critic` that the
+    component does not take, naming a close match and the valid keys.
+
+    These dicts are typed `dict[str, Any]`, so the parser cannot check their keys; the CLI calls
+    this before the DataModule probes the environment.
+    """
+    # num_actions and state_dim come from the environment and the world model, not the config.
+    for section, given, component in (
+        ("model.world_model", world_model, WorldModel),
+        ("model.actor_critic", actor_critic, ActorCritic),
+    ):
+        valid = [
+            name
+            for name in inspect.signature(component).parameters
+            if name not in ("num_actions", "state_dim")
+        ]
+        for key in given or {}:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"{section} has no key {key!r}{hint}. Valid keys: {', '.join(valid)}"
+                )
 
 
 class DramaModule(pl.LightningModule):
@@ -69,6 +99,7 @@ class DramaModule(pl.LightningModule):
         super().__init__()
         if imagine_horizon < 1:
             raise ValueError(f"imagine_horizon must be >= 1, got {imagine_horizon}")
+        check_component_keys(world_model, actor_critic)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.world_model = WorldModel(num_actions, **(world_model or {}))
@@ -216,12 +247,15 @@ class DramaModule(pl.LightningModule):
         if datamodule is None or not hasattr(datamodule, "make_eval_env"):
             raise RuntimeError("evaluation needs the DramaDataModule (it makes the eval envs)")
         index = int(batch.reshape(-1)[0])
+        seed = datamodule.eval_seed + index
         env = datamodule.make_eval_env()
+        # The episode's sampled actions come from its own seed: evaluating leaves the training
+        # RNG alone (a run trains the same whenever it evaluates) and is reproducible.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.no_grad():
-                episode = run_episode(
-                    env, self.eval_policy, datamodule.eval_seed + index, datamodule.eval_max_steps
-                )
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                episode = run_episode(env, self.eval_policy, seed, datamodule.eval_max_steps)
         finally:
             env.close()
         self.eval_returns.update(torch.tensor([episode["return"]], device=self.device))
