@@ -22,10 +22,17 @@ class EnvironmentLoop(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self._datamodule(trainer)
+        now = datamodule.env_steps * trainer.world_size
+        if datamodule.budget_reached:  # e.g. a finished run resumed with the same budget
+            rank_zero_info(
+                f"The budget of {datamodule.total_env_steps:,} env steps is reached already "
+                f"({now:,}): nothing to train. Raise --data.total_env_steps to go on."
+            )
+            trainer.should_stop = True
+            return
         rank_zero_info(
             f"Training until {datamodule.total_env_steps:,} env steps "
-            f"(now {datamodule.env_steps * trainer.world_size:,}, "
-            f"{datamodule.env_steps_per_update} per update per process)"
+            f"(now {now:,}, {datamodule.env_steps_per_update} per update per process)"
         )
 
     def on_train_batch_start(
@@ -46,7 +53,7 @@ class EnvironmentLoop(pl.Callback):
         batch_idx: int,
     ) -> None:
         datamodule = self._datamodule(trainer)
-        if datamodule.env_steps * trainer.world_size >= datamodule.total_env_steps:
+        if datamodule.budget_reached:
             trainer.should_stop = True
             self._save_last(trainer)
 
@@ -59,8 +66,13 @@ class EnvironmentLoop(pl.Callback):
             return
         if callback.dirpath is None:
             return
-        name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
-        trainer.save_checkpoint(os.path.join(callback.dirpath, name))
+        path = os.path.join(
+            callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+        )
+        trainer.save_checkpoint(path, weights_only=False)
+        # ModelCheckpoint saves "last" again after the final validation: into this same file
+        # (it would otherwise write last-v1.ckpt beside one it does not know).
+        callback.last_model_path = path
 
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:

@@ -83,7 +83,8 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     second = datamodule_state(resumed_dir / "checkpoints" / "last.ckpt")
     assert second["env_steps"] == 120
     assert int(second["replay"]["size"].sum()) == 120  # not 60 + a fresh warm-up
-    assert second["replay_dir"] == first["replay_dir"]  # kept writing the same replay files
+    # kept writing the same replay files (named by their absolute path once resumed)
+    assert Path(second["replay_dir"]) == Path(first["replay_dir"]).resolve()
     # DFS counts kept growing from the checkpoint's: every old count is still there or larger.
     assert torch.all(second["replay"]["n_counts"] >= n_first)
     assert second["replay"]["n_counts"].sum() > n_first.sum()

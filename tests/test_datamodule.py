@@ -61,6 +61,8 @@ def test_two_envs_write_two_streams():
         (dict(num_envs=2, capacity=24), "must fit in the replay"),
         (dict(sampling="random"), "unknown sampling"),
         (dict(warmup_steps=8), "raise warmup_steps to at least 16"),
+        (dict(total_env_steps=48), r"total_env_steps \(48\) must be larger than warmup_steps"),
+        (dict(total_env_steps=-5), r"total_env_steps \(-5\) must be larger than warmup_steps"),
     ],
 )
 def test_bad_configuration_fails_at_construction(overrides, message):

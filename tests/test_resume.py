@@ -3,6 +3,7 @@ directory can be copied, moved or resumed from anywhere."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, monkeypatch):
     torch.testing.assert_close(
         resumed_state["replay"]["n_counts"], whole_state["replay"]["n_counts"], rtol=0, atol=0
     )
+    # One last.ckpt per run: written when the budget is reached, rewritten after the final
+    # validation (which leaves the training RNG alone), no last-v1.ckpt beside it.
+    for run_dir in (runs / "version_0", runs / "version_1", whole):
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     resumed_weights, whole_weights = weights(resumed_ckpt), weights(whole_ckpt)
     assert resumed_weights.keys() == whole_weights.keys()
     for name, value in whole_weights.items():
@@ -90,3 +95,15 @@ def test_a_copied_or_moved_run_resumes_from_its_own_replay(tmp_path, monkeypatch
     if how == "copied":
         assert (np.load(original / "replay" / "obs.npy") == 7).all()
         assert int(np.load(original / "replay" / "written.npy").sum()) == 40
+
+
+def test_resuming_a_finished_run_with_the_same_budget_trains_nothing(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    fit("--data.total_env_steps=40")
+    run_dir = tmp_path / "runs" / "debug" / "version_0"
+    with caplog.at_level(logging.INFO):
+        fit("--data.total_env_steps=40", f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert "The budget of 40 env steps is reached already (40): nothing to train" in caplog.text
+    assert int(np.load(run_dir / "replay" / "written.npy").sum()) == 40  # no env step taken
+    for ckpt in (tmp_path / "runs" / "debug" / "version_1").glob("checkpoints/*.ckpt"):
+        assert datamodule_state(ckpt)["env_steps"] == 40

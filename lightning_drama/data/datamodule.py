@@ -97,7 +97,8 @@ class DramaDataModule(pl.LightningDataModule):
         num_envs: environments stepped in parallel (per process); each writes its own replay stream.
         capacity: replay rows in total; memory is about capacity x 12,288 bytes (100k = 1.2 GB).
         warmup_steps: env steps of uniform random actions collected in ``setup`` before training.
-        total_env_steps: env-step budget of the run (Atari100k: 100,000); see ``budget_reached``.
+        total_env_steps: env-step budget of the run, all processes together and the warm-up
+            included (Atari100k: 100,000); see ``budget_reached``.
         env_steps_per_update: env steps taken by each :meth:`collect` call (Drama: one per
             update).
         batch_size: world-model windows per batch (B).
@@ -152,6 +153,11 @@ class DramaDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLING_MODES}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if total_env_steps <= warmup_steps:
+            raise ValueError(
+                f"total_env_steps ({total_env_steps}) must be larger than warmup_steps "
+                f"({warmup_steps}): the budget counts the warm-up's random-action steps too"
+            )
         stream_capacity = capacity // num_envs
         longest = max(seq_len, imagine_context)
         if longest > stream_capacity:
@@ -354,8 +360,9 @@ class DramaDataModule(pl.LightningDataModule):
 
     @property
     def budget_reached(self) -> bool:
-        """True once ``total_env_steps`` env steps were taken (by this process)."""
-        return self.env_steps >= self.total_env_steps
+        """True once this process took its share of ``total_env_steps`` (all processes together,
+        each taking as many as this one)."""
+        return self.env_steps * self.world_size >= self.total_env_steps
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, DFS counts and RNG states, and where the replay frames are.
@@ -433,7 +440,9 @@ class DramaDataModule(pl.LightningDataModule):
 
     def _episode_indices(self) -> DataLoader:
         # One item per evaluation episode; under DDP Lightning shards them over the ranks.
-        return DataLoader(list(range(self.eval_episodes)), batch_size=1)
+        # Its own generator, as for training: iterating it leaves the global RNG alone.
+        episodes = list(range(self.eval_episodes))
+        return DataLoader(episodes, batch_size=1, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._episode_indices()
