@@ -288,6 +288,10 @@ class DramaModule(pl.LightningModule):
             "game": game,
             "greedy": self.hparams.eval_greedy,
             "env_steps": self.env_steps,
+            # Episodes stopped by data.eval_max_steps (Atari100k's 27,000-step cap is the
+            # protocol's; a smaller one gives partial returns).
+            "max_steps": self.trainer.datamodule.eval_max_steps,
+            "episodes_cut": float((lengths >= self.trainer.datamodule.eval_max_steps).sum()),
         }
         if game is not None:
             result["human_normalized"] = human_normalized(game, result["return_mean"])
@@ -299,7 +303,7 @@ class DramaModule(pl.LightningModule):
             # validate / test: the table is the result; also hand Lightning the numbers.
             for key, value in metrics.items():
                 self.log(key, value, rank_zero_only=True)
-            _print_on_rank_zero(format_evaluation(result))
+            _print_on_rank_zero("\n" + format_evaluation(result))  # below the progress bar
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -360,5 +364,12 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if result.get("human_normalized") is not None:
         lines.append(
             f"human-normalised score ({result['game']}): {100 * result['human_normalized']:.1f} %"
+        )
+    if result.get("episodes_cut"):
+        lines.append(
+            f"{int(result['episodes_cut'])} of {len(result['returns'])} episodes reached "
+            f"data.eval_max_steps ({result['max_steps']:,}) and were cut there: their returns"
+            + (", and the score," if result.get("human_normalized") is not None else "")
+            + " are of partial episodes"
         )
     return "\n".join(lines)

@@ -143,3 +143,18 @@ def test_runs_under_a_lightning_trainer():
     assert module.shapes == [(3, 16, 64, 64, 3, 20, 4, 64, 64, 3)] * 4
     assert dm.env_steps == 48 + 4
     assert dm.replay.n_counts.sum() == 3 * 4 and dm.replay.m_counts.sum() == 20 * 4
+
+
+def test_the_env_seed_follows_seed_everything_unless_set(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")  # what seed_everything(3) sets
+    assert small_datamodule().base_seed == 3
+    assert small_datamodule(seed=5).base_seed == 5
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert small_datamodule().base_seed == 0
+    first_frames = []
+    for seed in (1, 2):
+        pl.seed_everything(seed)
+        dm = small_datamodule()
+        dm.setup("fit")
+        first_frames.append(dm.replay.data["action"][:48].copy())
+    assert (first_frames[0] != first_frames[1]).any()  # other seed, other warm-up

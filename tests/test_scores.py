@@ -63,3 +63,28 @@ def test_aggregate_hand_computed():
 def test_aggregate_empty_raises():
     with pytest.raises(ValueError, match="non-empty"):
         aggregate([])
+
+
+def test_the_evaluation_table_says_when_episodes_were_cut():
+    from lightning_drama.module import format_evaluation
+
+    result = {
+        "returns": [-21.0, -20.0],
+        "lengths": [200.0, 150.0],
+        "return_mean": -20.5,
+        "return_std": 0.7,
+        "length_mean": 175.0,
+        "game": "Pong",
+        "greedy": False,
+        "env_steps": 340,
+        "max_steps": 200,
+        "episodes_cut": 1.0,
+        "human_normalized": 0.01,
+    }
+    table = format_evaluation(result)
+    assert table.splitlines()[0] == "Evaluation after 340 env steps (sampled actions)"
+    assert table.splitlines()[-1] == (
+        "1 of 2 episodes reached data.eval_max_steps (200) and were cut there: their returns, "
+        "and the score, are of partial episodes"
+    )
+    assert "cut" not in format_evaluation({**result, "episodes_cut": 0.0})

@@ -109,8 +109,9 @@ class DramaDataModule(pl.LightningDataModule):
             ablation).
         dfs_tau: DFS temperature of the world-model windows.
         imagine_tau: DFS temperature of the imagination starts.
-        seed: base seed; each process adds ``rank * num_envs``, env i of a process gets its
-            seed + i.
+        seed: base seed of the envs and the replay's sampling; each process adds
+            ``rank * num_envs``, env i of a process gets its seed + i. ``None`` (default): the
+            run's ``seed_everything``, so one flag gives another seed of an experiment.
         env_options: keyword options of ``make_env`` (e.g. ``noop_max``,
             ``repeat_action_probability``, ``life_loss_termination``).
         replay_dir: where the replay arrays live, as memory-mapped ``.npy`` files. ``None``
@@ -139,7 +140,7 @@ class DramaDataModule(pl.LightningDataModule):
         sampling: str = "dfs",
         dfs_tau: float = 10.0,
         imagine_tau: float = 10.0,
-        seed: int = 0,
+        seed: int | None = None,
         env_options: dict[str, Any] | None = None,
         replay_dir: str | None = None,
         asynchronous_envs: bool = False,
@@ -214,6 +215,13 @@ class DramaDataModule(pl.LightningDataModule):
         self._run_dir: str | None = None  # the Trainer's log_dir, absolute (set in setup)
 
     @property
+    def base_seed(self) -> int:
+        """``seed``, or when it is None the run's ``seed_everything`` (0 without one)."""
+        if self.seed is not None:
+            return self.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    @property
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
@@ -236,7 +244,7 @@ class DramaDataModule(pl.LightningDataModule):
             self._pending_state = self._state_from_checkpoint()
         resume = self._pending_state
         rank = self.rank
-        seed = self.seed + rank * self.num_envs
+        seed = self.base_seed + rank * self.num_envs
         reopen = resume is not None and resume.get("replay_dir") is not None
         if reopen:
             replay_dir = self._saved_replay_dir(resume) or self._rank_path(resume["replay_dir"])
