@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -39,6 +40,7 @@ class EnvironmentLoop(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         datamodule = self._datamodule(trainer)
+        self._count_to_budget(trainer, datamodule, batch_idx)
         with trainer.precision_plugin.forward_context():
             episodes = datamodule.collect(pl_module.policy)
         pl_module.record_episodes(episodes)
@@ -56,6 +58,17 @@ class EnvironmentLoop(pl.Callback):
         if datamodule.budget_reached:
             trainer.should_stop = True
             self._save_last(trainer)
+
+    @staticmethod
+    def _count_to_budget(trainer: pl.Trainer, datamodule: Any, batch_idx: int) -> None:
+        """Give the (tqdm) progress bar of the endless replay stream the number of updates to
+        the budget, so that it shows how far the run is and when it will end."""
+        bar = getattr(trainer.progress_bar_callback, "train_progress_bar", None)
+        if bar is None or getattr(bar, "total", 0) is not None:
+            return
+        per_update = datamodule.env_steps_per_update * trainer.world_size
+        left = datamodule.total_env_steps - datamodule.env_steps * trainer.world_size
+        bar.total = batch_idx + max(1, math.ceil(left / per_update))
 
     @staticmethod
     def _save_last(trainer: pl.Trainer) -> None:

@@ -30,6 +30,8 @@ warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists 
 CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs")
 # Drama has no meaningful predict step (no `forward`): `predict` is not offered.
 SUBCOMMANDS = ("fit", "validate", "test")
+# --ckpt_path values Lightning resolves itself rather than as a file.
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 class DramaCLI(LightningCLI):
@@ -44,10 +46,14 @@ class DramaCLI(LightningCLI):
         parser.link_arguments("data.num_actions", "model.num_actions", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        # A typo in a model dict fails here, before the DataModule probes the environment.
+        # A typo in a model dict or a missing checkpoint fails here, before the DataModule probes
+        # the environment and the loggers make a run directory.
         config = self.config[self.subcommand] if self.subcommand else self.config
         model = config["model"]
         check_component_keys(model.get("world_model"), model.get("actor_critic"))
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path not in (None, *LIGHTNING_CKPT_NAMES) and not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -57,10 +63,7 @@ class DramaCLI(LightningCLI):
     def before_fit(self) -> None:
         # Tell the DataModule which checkpoint is resumed, so its setup reopens that run's replay
         # instead of collecting a fresh warm-up (Lightning restores state only after setup).
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path is not None and not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
-        self.datamodule.resume_from = ckpt_path
+        self.datamodule.resume_from = self.config_init[self.subcommand].get("ckpt_path")
 
 
 def share_run_directory(loggers: list) -> None:

@@ -141,6 +141,21 @@ def test_resume_from_an_older_checkpoint_drops_the_rows_written_after_it(
     assert int(third["replay"]["written"].sum()) == 50
 
 
+def test_the_progress_bar_counts_the_updates_to_the_budget(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shown = [arg for arg in TINY if "enable_progress_bar" not in arg]
+    run_cli("fit", "--config", "debug.yaml", *shown, "--data.total_env_steps=40")
+    # 32 warm-up steps, then one env step per update: 8 updates to 40.
+    bars = "".join(capsys.readouterr()).replace("\r", "\n").splitlines()
+    assert any("Epoch 0: 100%" in line and "8/8" in line for line in bars)
+    last = tmp_path / "runs" / "debug" / "version_0" / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--config", "debug.yaml", *shown, "--data.total_env_steps=44",
+            f"--ckpt_path={last}")  # fmt: skip
+    # The finished run's checkpoint ended its epoch: the resumed run counts its 4 updates anew.
+    bars = "".join(capsys.readouterr()).replace("\r", "\n").splitlines()
+    assert any("Epoch 1: 100%" in line and "4/4" in line for line in bars)
+
+
 def test_fit_in_bf16_mixed_precision(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_cli("fit", "--config", "debug.yaml", *TINY, "--data.total_env_steps=50",

@@ -95,3 +95,16 @@ def test_unknown_model_key_fails_before_the_environment_probe(monkeypatch):
     monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
     with pytest.raises(ValueError, match="model.world_model has no key 'd_modl'"):
         main(["fit", "--config", "debug.yaml", "--model.world_model.d_modl", "32"])
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_a_missing_checkpoint_fails_before_anything_is_made(subcommand, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the environment was probed before the checkpoint was checked")
+
+    monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
+    with pytest.raises(FileNotFoundError, match="--ckpt_path nowhere/last.ckpt does not exist"):
+        main([subcommand, "--config", "debug.yaml", "--ckpt_path", "nowhere/last.ckpt"])
+    assert not (tmp_path / "runs").exists()  # no run directory left behind
