@@ -69,6 +69,10 @@ class EnvironmentLoop(pl.Callback):
         per_update = datamodule.env_steps_per_update * trainer.world_size
         left = datamodule.total_env_steps - datamodule.env_steps * trainer.world_size
         bar.total = batch_idx + max(1, math.ceil(left / per_update))
+        # Resumed within the epoch: the updates before it were not done in this process, so they
+        # must not count into the rate and the estimate of the time left.
+        bar.initial = bar.n = batch_idx
+        bar.set_description(f"Epoch {trainer.current_epoch}")
 
     @staticmethod
     def _save_last(trainer: pl.Trainer) -> None:
@@ -82,10 +86,11 @@ class EnvironmentLoop(pl.Callback):
         path = os.path.join(
             callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
         )
-        trainer.save_checkpoint(path, weights_only=False)
-        # ModelCheckpoint saves "last" again after the final validation: into this same file
-        # (it would otherwise write last-v1.ckpt beside one it does not know).
+        # Should ModelCheckpoint save "last" once more (at the end of training, when it saved
+        # nothing in this run), it writes this same file rather than a last-v1.ckpt beside it.
+        # Set before saving, as ModelCheckpoint does: the path is part of its state.
         callback.last_model_path = path
+        trainer.save_checkpoint(path, weights_only=False)
 
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:

@@ -31,7 +31,7 @@ CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / 
 # Drama has no meaningful predict step (no `forward`): `predict` is not offered.
 SUBCOMMANDS = ("fit", "validate", "test")
 # --ckpt_path values Lightning resolves itself rather than as a file.
-LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc")
 
 
 class DramaCLI(LightningCLI):
@@ -52,7 +52,7 @@ class DramaCLI(LightningCLI):
         model = config["model"]
         check_component_keys(model.get("world_model"), model.get("actor_critic"))
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path not in (None, *LIGHTNING_CKPT_NAMES) and not os.path.isfile(ckpt_path):
+        if _is_local_file_path(ckpt_path) and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
 
     def instantiate_trainer(self, **kwargs):
@@ -64,6 +64,16 @@ class DramaCLI(LightningCLI):
         # Tell the DataModule which checkpoint is resumed, so its setup reopens that run's replay
         # instead of collecting a fresh warm-up (Lightning restores state only after setup).
         self.datamodule.resume_from = self.config_init[self.subcommand].get("ckpt_path")
+
+
+def _is_local_file_path(ckpt_path: str | None) -> bool:
+    """Not None, a name Lightning resolves ("last", "registry:..."), or a URL ("s3://...")."""
+    return not (
+        ckpt_path is None
+        or ckpt_path in LIGHTNING_CKPT_NAMES
+        or ckpt_path.startswith("registry")
+        or "://" in ckpt_path
+    )
 
 
 def share_run_directory(loggers: list) -> None:

@@ -113,6 +113,7 @@ class DramaModule(pl.LightningModule):
         self.episode_length = MeanMetric()
         self.eval_returns = CatMetric()
         self.eval_lengths = CatMetric()
+        self.eval_cut = CatMetric()  # 1 for an episode stopped at data.eval_max_steps
         self.last_eval: dict[str, Any] | None = None
         # Env steps this model was trained on (all processes), saved with it for evaluations.
         self.register_buffer("trained_env_steps", torch.zeros((), dtype=torch.long))
@@ -251,15 +252,15 @@ class DramaModule(pl.LightningModule):
         env = datamodule.make_eval_env()
         # The episode's sampled actions come from its own seed: evaluating leaves the training
         # RNG alone (a run trains the same whenever it evaluates) and is reproducible.
-        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), torch.random.fork_rng(**_accelerator_rng(self.device)):
                 torch.manual_seed(seed)
                 episode = run_episode(env, self.eval_policy, seed, datamodule.eval_max_steps)
         finally:
             env.close()
         self.eval_returns.update(torch.tensor([episode["return"]], device=self.device))
         self.eval_lengths.update(torch.tensor([episode["length"]], device=self.device))
+        self.eval_cut.update(torch.tensor([episode["cut"]], device=self.device))
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluation_step(batch)
@@ -276,8 +277,9 @@ class DramaModule(pl.LightningModule):
     def _finish_evaluation(self) -> None:
         returns = self.eval_returns.compute().float().cpu().reshape(-1)
         lengths = self.eval_lengths.compute().float().cpu().reshape(-1)
-        self.eval_returns.reset()
-        self.eval_lengths.reset()
+        cut = self.eval_cut.compute().float().cpu().reshape(-1)
+        for metric in (self.eval_returns, self.eval_lengths, self.eval_cut):
+            metric.reset()
         game = self._game()
         result: dict[str, Any] = {
             "returns": returns.tolist(),
@@ -291,7 +293,7 @@ class DramaModule(pl.LightningModule):
             # Episodes stopped by data.eval_max_steps (Atari100k's 27,000-step cap is the
             # protocol's; a smaller one gives partial returns).
             "max_steps": self.trainer.datamodule.eval_max_steps,
-            "episodes_cut": float((lengths >= self.trainer.datamodule.eval_max_steps).sum()),
+            "episodes_cut": float(cut.sum()),
         }
         if game is not None:
             result["human_normalized"] = human_normalized(game, result["return_mean"])
@@ -334,6 +336,15 @@ class DramaModule(pl.LightningModule):
             random.setstate(rng["python"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _accelerator_rng(device: torch.device) -> dict[str, Any]:
+    """`torch.random.fork_rng` arguments that also fork the RNG of `device`'s accelerator."""
+    if device.type == "cuda":
+        return {"devices": [device], "device_type": "cuda"}
+    if device.type == "mps":
+        return {"device_type": "mps"}  # its one device
+    return {"devices": []}
 
 
 @rank_zero_only

@@ -135,8 +135,12 @@ def read_metrics(csv_path: Path) -> dict[str, Curve]:
 
 
 def is_evaluation(metrics: dict[str, Curve]) -> bool:
-    """Only ``eval/`` columns (and Lightning's ``epoch``): a ``validate`` or ``test`` run."""
-    return all(column.startswith("eval/") or column == "epoch" for column in metrics)
+    """Only ``eval/`` columns and Lightning's ``epoch``: a ``validate`` or ``test`` run.
+
+    Those log through ``self.log``, which adds ``epoch``; a fit logs at env steps without it, so
+    a fit too short for a training log (a resume by a few steps) is still a fit.
+    """
+    return "epoch" in metrics and all(c.startswith("eval/") or c == "epoch" for c in metrics)
 
 
 def _string_in(config_path: Path, *keys: str) -> str | None:

@@ -55,13 +55,14 @@ def _to_device(state: Any, device: torch.device) -> Any:
 
 
 def run_episode(env: Any, policy: DramaPolicy, seed: int, max_steps: int) -> dict[str, float]:
-    """Play one episode of a Gymnasium env with `policy`; returns its `return` and `length`.
+    """Play one episode of a Gymnasium env with `policy`; returns its `return`, `length` and
+    whether it was `cut` at `max_steps` before it ended.
 
     The episode ends at a real termination or truncation (a life loss does not end it) or after
     `max_steps` env steps.
     """
     obs, _ = env.reset(seed=seed)
-    state, is_first, total, length = None, True, 0.0, 0
+    state, is_first, total, length, ended = None, True, 0.0, 0, False
     for length in range(1, max_steps + 1):  # noqa: B007 - length is the result
         action, state = policy(
             torch.from_numpy(np.asarray(obs))[None], torch.tensor([is_first]), state
@@ -70,5 +71,6 @@ def run_episode(env: Any, policy: DramaPolicy, seed: int, max_steps: int) -> dic
         total += float(reward)
         is_first = False
         if terminated or truncated:
+            ended = True
             break
-    return {"return": total, "length": float(length)}
+    return {"return": total, "length": float(length), "cut": float(not ended)}

@@ -11,6 +11,7 @@ import pytest
 
 from lightning_drama.plot import (
     Run,
+    is_evaluation,
     load_runs,
     main,
     mean_and_band,
@@ -337,3 +338,12 @@ def test_help_shows_a_single_percent_sign(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "95 % confidence band" in help_text
     assert "%%" not in help_text
+
+
+def test_a_fit_that_logged_only_its_final_evaluation_is_not_a_test_run():
+    fit = {"eval/return_mean": (np.array([60.0]), np.array([1.0]))}
+    assert not is_evaluation(fit)  # a resume by a few steps: no training log, no epoch column
+    assert is_evaluation({**fit, "epoch": (np.array([0.0]), np.array([0.0]))})
+    assert not is_evaluation(
+        {**fit, "epoch": fit["eval/return_mean"], "train/wm/loss": fit["eval/return_mean"]}
+    )

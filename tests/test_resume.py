@@ -52,14 +52,70 @@ def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, monkeypatch):
     torch.testing.assert_close(
         resumed_state["replay"]["n_counts"], whole_state["replay"]["n_counts"], rtol=0, atol=0
     )
-    # One last.ckpt per run: written when the budget is reached, rewritten after the final
-    # validation (which leaves the training RNG alone), no last-v1.ckpt beside it.
+    # One last.ckpt per run: written when the budget is reached, and since ModelCheckpoint saved
+    # nothing else in these short runs, rewritten by it at the end of training (after the final
+    # validation, which leaves the training RNG alone), not as a last-v1.ckpt beside it.
     for run_dir in (runs / "version_0", runs / "version_1", whole):
         assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     resumed_weights, whole_weights = weights(resumed_ckpt), weights(whole_ckpt)
     assert resumed_weights.keys() == whole_weights.keys()
     for name, value in whole_weights.items():
         torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+
+
+PERIODIC = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 20, save_top_k: -1, save_last: true}
+"""
+
+
+def test_a_run_resumed_from_a_periodic_checkpoint_is_the_uninterrupted_run(
+    tmp_path, monkeypatch, capsys
+):
+    """A checkpoint from the middle of the (endless) epoch: the same rows and weights as the run
+    that went on, and the progress bar counts on from where the run was."""
+    (tmp_path / "periodic.yaml").write_text(PERIODIC)
+    monkeypatch.chdir(tmp_path)
+    fit("--config=periodic.yaml", "--data.total_env_steps=70")
+    whole = tmp_path / "runs" / "debug" / "version_0"
+    copy = tmp_path / "copy" / "version_0"  # resumed in its own replay, compared with the whole
+    shutil.copytree(whole, copy)
+    checkpoint = copy / "checkpoints" / "epoch=0-step=40.ckpt"  # 20 updates: 52 env steps
+    assert datamodule_state(checkpoint)["env_steps"] == 52
+    shown = [arg for arg in TINY if "enable_progress_bar" not in arg]
+    capsys.readouterr()
+    main(["fit", "--config", "debug.yaml", *shown, "--config=periodic.yaml",
+          "--data.total_env_steps=70", f"--ckpt_path={checkpoint}"])  # fmt: skip
+
+    resumed_rows, whole_rows = replay_rows(copy, 70), replay_rows(whole, 70)
+    for key in REPLAY_KEYS:
+        np.testing.assert_array_equal(resumed_rows[key], whole_rows[key], err_msg=key)
+    resumed_ckpt = tmp_path / "runs" / "debug" / "version_1" / "checkpoints" / "last.ckpt"
+    whole_ckpt = whole / "checkpoints" / "last.ckpt"
+    torch.testing.assert_close(
+        datamodule_state(resumed_ckpt)["replay"]["n_counts"],
+        datamodule_state(whole_ckpt)["replay"]["n_counts"],
+        rtol=0,
+        atol=0,
+    )
+    resumed_weights = weights(resumed_ckpt)
+    for name, value in weights(whole_ckpt).items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=0, atol=0, msg=name)
+    # 20 updates before the checkpoint, 18 after it: the bar ends at 38 of 38.
+    bars = "".join(capsys.readouterr()).replace("\r", "\n").splitlines()
+    assert any("Epoch 0: 100%" in line and "38/38" in line for line in bars)
+
+
+def test_an_in_ram_replay_resumed_without_its_frames_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fit("--data.total_env_steps=40", "--data.replay_dir=memory")
+    run_dir = tmp_path / "runs" / "debug" / "version_0"
+    shutil.rmtree(run_dir / "replay")
+    with pytest.raises(FileNotFoundError, match="replay frames of this checkpoint are missing"):
+        fit("--data.total_env_steps=50", "--data.replay_dir=memory",
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
 
 
 @pytest.mark.parametrize("how", ["copied", "moved"])

@@ -1,6 +1,8 @@
 """lightning_drama.scores: the Atari100k reference table, normalisation and aggregates."""
 
+import numpy as np
 import pytest
+import torch
 
 from lightning_drama.scores import ATARI_SCORES, aggregate, game_from_env_id, human_normalized
 
@@ -88,3 +90,30 @@ def test_the_evaluation_table_says_when_episodes_were_cut():
         "and the score, are of partial episodes"
     )
     assert "cut" not in format_evaluation({**result, "episodes_cut": 0.0})
+
+
+class _EndsAfter:
+    """An env whose episode terminates after `steps` steps (reward 1 each)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.t = steps, 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros((2, 2, 3), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros((2, 2, 3), np.uint8), 1.0, self.t == self.steps, False, {}
+
+
+def test_run_episode_says_whether_the_cap_cut_the_episode():
+    from lightning_drama.policy import run_episode
+
+    def policy(obs, is_first, state):
+        return torch.zeros(1, dtype=torch.long), state
+
+    ended = run_episode(_EndsAfter(5), policy, seed=0, max_steps=5)  # ends on the last step
+    assert ended == {"return": 5.0, "length": 5.0, "cut": 0.0}
+    cut = run_episode(_EndsAfter(9), policy, seed=0, max_steps=5)
+    assert cut == {"return": 5.0, "length": 5.0, "cut": 1.0}

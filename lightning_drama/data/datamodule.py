@@ -1,7 +1,7 @@
 """DramaDataModule: owns the env(s), the replay buffer with DFS and the collector.
 
-``setup("fit")`` builds them and prefills the warm-up with random actions (Lightning fetches the
-first batch before ``on_train_start``). ``train_dataloader`` streams batches from an infinite
+``setup("fit")`` builds them and prefills the warm-up with random actions, so that the first
+batch can be drawn. ``train_dataloader`` streams batches from an infinite
 ``IterableDataset`` with ``num_workers=0`` (the replay lives in this process and keeps growing). The
 training loop steps the envs between updates through :meth:`DramaDataModule.collect`.
 
@@ -154,6 +154,8 @@ class DramaDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLING_MODES}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if env_steps_per_update < 1:
+            raise ValueError(f"env_steps_per_update must be >= 1, got {env_steps_per_update}")
         if total_env_steps <= warmup_steps:
             raise ValueError(
                 f"total_env_steps ({total_env_steps}) must be larger than warmup_steps "
@@ -243,6 +245,11 @@ class DramaDataModule(pl.LightningDataModule):
         if self._pending_state is None:
             self._pending_state = self._state_from_checkpoint()
         resume = self._pending_state
+        if resume is None and self.total_env_steps <= self.warmup_steps * self.world_size:
+            raise ValueError(
+                f"total_env_steps ({self.total_env_steps}) must be larger than the warm-up of "
+                f"all {self.world_size} processes ({self.world_size} x {self.warmup_steps})"
+            )
         rank = self.rank
         seed = self.base_seed + rank * self.num_envs
         reopen = resume is not None and resume.get("replay_dir") is not None
@@ -295,13 +302,18 @@ class DramaDataModule(pl.LightningDataModule):
 
     @property
     def _checkpoint_path(self) -> str | None:
-        """The checkpoint being resumed, if any."""
-        path = self.resume_from or (self.trainer.ckpt_path if self.trainer is not None else None)
-        return str(path) if path else None
+        """The checkpoint file being resumed, if any (Lightning resolves names like "last")."""
+        for path in (
+            self.trainer.ckpt_path if self.trainer is not None else None,
+            self.resume_from,
+        ):
+            if path and os.path.isfile(str(path)):
+                return str(path)
+        return None
 
     def _state_from_checkpoint(self) -> dict[str, Any] | None:
         path = self._checkpoint_path
-        if not path or not os.path.isfile(path):
+        if path is None:
             return None
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint.get(type(self).__qualname__)
@@ -329,6 +341,13 @@ class DramaDataModule(pl.LightningDataModule):
             candidate = self._rank_path(os.path.normpath(os.path.join(run_dir, relative)))
             if os.path.isfile(os.path.join(candidate, "obs.npy")):
                 return candidate
+            if state.get("replay_saved_to"):
+                log.warning(
+                    "replay: no %s next to the checkpoint's run directory; reopening %s, where the "
+                    "replay was saved (a resumed run keeps writing the replay of the run it "
+                    "continues: copy or move the two run directories together)",
+                    relative, self._rank_path(state["replay_saved_to"]),
+                )  # fmt: skip
         saved_to = state.get("replay_saved_to")
         return self._rank_path(saved_to) if saved_to else None
 
@@ -422,6 +441,11 @@ class DramaDataModule(pl.LightningDataModule):
         saved_to = self._saved_replay_dir(state)
         if saved_to is not None and os.path.isdir(saved_to):
             self.replay.load(saved_to)  # no copy when it is the same memmap
+        elif saved_to is not None and int(self.replay.size.sum()) > 0:
+            raise FileNotFoundError(
+                f"the replay frames of this checkpoint are missing (saved to {saved_to}): keep "
+                "the run's replay/ directory with its checkpoints, or start a new run"
+            )
         self._restored = state.get("env_steps")
         self._top_up_after_resume()
 
