@@ -108,3 +108,11 @@ def test_a_missing_checkpoint_fails_before_anything_is_made(subcommand, tmp_path
     with pytest.raises(FileNotFoundError, match="--ckpt_path nowhere/last.ckpt does not exist"):
         main([subcommand, "--config", "debug.yaml", "--ckpt_path", "nowhere/last.ckpt"])
     assert not (tmp_path / "runs").exists()  # no run directory left behind
+
+
+def test_checkpoint_names_and_urls_are_left_to_lightning():
+    from lightning_drama.cli import _is_local_file_path
+
+    for name in (None, "last", "best", "hpc", "registry", "registry:drama:latest", "s3://b/x.ckpt"):
+        assert not _is_local_file_path(name), name
+    assert _is_local_file_path("runs/debug/version_0/checkpoints/last.ckpt")

@@ -63,6 +63,7 @@ def test_two_envs_write_two_streams():
         (dict(warmup_steps=8), "raise warmup_steps to at least 16"),
         (dict(total_env_steps=48), r"total_env_steps \(48\) must be larger than warmup_steps"),
         (dict(total_env_steps=-5), r"total_env_steps \(-5\) must be larger than warmup_steps"),
+        (dict(env_steps_per_update=0), "env_steps_per_update must be >= 1, got 0"),
     ],
 )
 def test_bad_configuration_fails_at_construction(overrides, message):
