@@ -163,3 +163,20 @@ def test_resuming_a_finished_run_with_the_same_budget_trains_nothing(tmp_path, m
     assert int(np.load(run_dir / "replay" / "written.npy").sum()) == 40  # no env step taken
     for ckpt in (tmp_path / "runs" / "debug" / "version_1").glob("checkpoints/*.ckpt"):
         assert datamodule_state(ckpt)["env_steps"] == 40
+
+
+def test_a_resumed_run_copied_alone_says_which_replay_it_reopens(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    fit("--data.total_env_steps=40")
+    runs = tmp_path / "runs" / "debug"
+    fit("--data.total_env_steps=45", f"--ckpt_path={runs / 'version_0/checkpoints/last.ckpt'}")
+    alone = tmp_path / "elsewhere" / "version_1"  # without the version_0 whose replay it uses
+    shutil.copytree(runs / "version_1", alone)
+    with caplog.at_level(logging.WARNING):
+        fit("--data.total_env_steps=50", f"--ckpt_path={alone / 'checkpoints' / 'last.ckpt'}")
+    message = (
+        f"replay: no ../version_0/replay next to the checkpoint's run directory; reopening "
+        f"{runs / 'version_0' / 'replay'}"
+    )
+    assert caplog.text.count(message) == 1
+    assert int(np.load(runs / "version_0" / "replay" / "written.npy").sum()) == 50

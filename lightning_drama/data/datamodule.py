@@ -215,6 +215,7 @@ class DramaDataModule(pl.LightningDataModule):
         # collecting a fresh warm-up; Lightning itself restores state only after setup.
         self.resume_from: str | None = None
         self._run_dir: str | None = None  # the Trainer's log_dir, absolute (set in setup)
+        self._warned_replay_elsewhere = False
 
     @property
     def base_seed(self) -> int:
@@ -341,7 +342,8 @@ class DramaDataModule(pl.LightningDataModule):
             candidate = self._rank_path(os.path.normpath(os.path.join(run_dir, relative)))
             if os.path.isfile(os.path.join(candidate, "obs.npy")):
                 return candidate
-            if state.get("replay_saved_to"):
+            if state.get("replay_saved_to") and not self._warned_replay_elsewhere:
+                self._warned_replay_elsewhere = True
                 log.warning(
                     "replay: no %s next to the checkpoint's run directory; reopening %s, where the "
                     "replay was saved (a resumed run keeps writing the replay of the run it "
