@@ -23,7 +23,7 @@ class EnvironmentLoop(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self._datamodule(trainer)
-        now = datamodule.env_steps * trainer.world_size
+        now = datamodule.env_steps_all_processes
         if datamodule.budget_reached:  # e.g. a finished run resumed with the same budget
             rank_zero_info(
                 f"The budget of {datamodule.total_env_steps:,} env steps is reached already "
@@ -67,7 +67,7 @@ class EnvironmentLoop(pl.Callback):
         if bar is None or getattr(bar, "total", 0) is not None:
             return
         per_update = datamodule.env_steps_per_update * trainer.world_size
-        left = datamodule.total_env_steps - datamodule.env_steps * trainer.world_size
+        left = datamodule.total_env_steps - datamodule.env_steps_all_processes
         bar.total = batch_idx + max(1, math.ceil(left / per_update))
         # Resumed within the epoch: the updates before it were not done in this process, so they
         # must not count into the rate and the estimate of the time left.

@@ -204,7 +204,7 @@ class DramaModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is None or datamodule.collector is None:
             return int(self.trained_env_steps)
-        return int(datamodule.env_steps) * self.trainer.world_size
+        return int(datamodule.env_steps_all_processes)
 
     def log_at_env_step(self, metrics: dict[str, Any]) -> None:
         """Send scalars to every logger with env steps (not optimiser steps) as the x-axis."""

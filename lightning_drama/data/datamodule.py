@@ -385,13 +385,19 @@ class DramaDataModule(pl.LightningDataModule):
 
     @property
     def env_steps(self) -> int:
+        """Env steps taken by this process."""
         return self.collector.env_steps if self.collector is not None else 0
 
     @property
+    def env_steps_all_processes(self) -> int:
+        """Env steps taken by all processes together (each takes as many as this one): what
+        ``total_env_steps`` counts."""
+        return self.env_steps * self.world_size
+
+    @property
     def budget_reached(self) -> bool:
-        """True once this process took its share of ``total_env_steps`` (all processes together,
-        each taking as many as this one)."""
-        return self.env_steps * self.world_size >= self.total_env_steps
+        """True once all processes together took ``total_env_steps``."""
+        return self.env_steps_all_processes >= self.total_env_steps
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, DFS counts and RNG states, and where the replay frames are.
