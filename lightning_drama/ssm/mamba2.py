@@ -49,6 +49,7 @@ class Mamba2(nn.Module):
         chunk_size: SSD chunk length (32-64 is fastest on CPU).
         dt_min, dt_max, dt_init_floor: range of the log-uniform initial step sizes.
         force_torch: never use the fused `mamba-ssm` kernels, even on CUDA.
+        norm_eps: epsilon of the gated RMSNorm (1e-5, mamba-ssm's `RMSNormGated` default).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Mamba2(nn.Module):
         dt_max: float = 1e-1,
         dt_init_floor: float = 1e-4,
         force_torch: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         d_inner = expand * d_model
@@ -96,7 +98,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         self.A_log = nn.Parameter(torch.log(torch.empty(nheads).uniform_(1.0, 16.0)))
         self.D = nn.Parameter(torch.ones(nheads))
-        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups)
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // ngroups, eps=norm_eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -229,8 +231,10 @@ class Mamba2Backbone(nn.Module):
     Args:
         d_model: width of the stream. n_layers: number of Mamba-2 blocks.
         d_state, d_conv, expand, headdim, ngroups, chunk_size: see `Mamba2`.
-        dropout: dropout on each residual add (Drama uses 0.1).
+        dropout: dropout on each residual add (0: the reference Drama has none).
         force_torch: never use the fused `mamba-ssm` CUDA kernels.
+        norm_eps: epsilon of the block norms, the final norm and each mixer's gated norm (1e-5,
+            mamba-ssm's `norm_epsilon` and `RMSNormGated` default, which the reference uses).
     """
 
     def __init__(
@@ -245,13 +249,14 @@ class Mamba2Backbone(nn.Module):
         chunk_size: int = 64,
         dropout: float = 0.0,
         force_torch: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"Mamba2Backbone: n_layers must be >= 1, got {n_layers}")
         self.d_model = d_model
         self.n_layers = n_layers
-        self.norms = nn.ModuleList(RMSNorm(d_model) for _ in range(n_layers))
+        self.norms = nn.ModuleList(RMSNorm(d_model, eps=norm_eps) for _ in range(n_layers))
         self.mixers = nn.ModuleList(
             Mamba2(
                 d_model,
@@ -262,10 +267,16 @@ class Mamba2Backbone(nn.Module):
                 ngroups,
                 chunk_size,
                 force_torch=force_torch,
+                norm_eps=norm_eps,
             )
             for _ in range(n_layers)
         )
-        self.final_norm = RMSNorm(d_model)
+        self.final_norm = RMSNorm(d_model, eps=norm_eps)
+        # mamba-ssm's `_init_weights` (GPT-2's scheme), which the reference uses: each residual
+        # branch's output projection scaled by 1 / sqrt(n_layers).
+        with torch.no_grad():
+            for mixer in self.mixers:
+                mixer.out_proj.weight.div_(math.sqrt(n_layers))
         self.dropout = nn.Dropout(dropout)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
