@@ -112,7 +112,10 @@ def count_update_flops(model: DramaModule, datamodule: DramaDataModule, precisio
         loss.backward()
         context = {k: v for k, v in batch.items() if k.startswith("start_")}
         imagined = model.world_model.imagine(
-            context, model.actor_critic.act, model.hparams.imagine_horizon
+            context,
+            model.actor_critic.act,
+            model.hparams.imagine_horizon,
+            reward_timing=model.actor_critic.reward_timing,
         )
         ac_loss, _ = model.actor_critic.loss(imagined)
         ac_loss.backward()

@@ -151,7 +151,7 @@ def main() -> None:
         wm_opt.step()
 
     def actor_critic_update() -> None:
-        imagined = wm.imagine(context, ac.act, args.horizon)
+        imagined = wm.imagine(context, ac.act, args.horizon, reward_timing=ac.reward_timing)
         loss, _ = ac.loss(imagined)
         ac_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,7 +22,8 @@ from torch.distributions import Categorical
 
 from lightning_drama.distributions import symlog_bins, twohot_loss, twohot_mean
 from lightning_drama.networks import mlp
-from lightning_drama.returns import lambda_returns, percentile_range
+from lightning_drama.returns import BOOTSTRAP_MODES, lambda_returns, percentile_range
+from lightning_drama.world_model import REWARD_TIMINGS
 
 
 class RunningNorm(nn.Module):
@@ -65,6 +66,17 @@ class RunningNorm(nn.Module):
         return out.clamp(-self.clip, self.clip).to(x.dtype)
 
 
+def _orthogonal_init(net: nn.Module, out: nn.Linear) -> None:
+    """CleanRL's `layer_init`, as the reference uses it: orthogonal weights with gain sqrt(2) in
+    `net`, 0.001 in the output layer `out`, zero biases."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.orthogonal_(m.weight, math.sqrt(2))
+            nn.init.zeros_(m.bias)
+    nn.init.orthogonal_(out.weight, 0.001)
+    nn.init.zeros_(out.bias)
+
+
 class Actor(nn.Module):
     """Input normaliser -> layers x [Linear(hidden), RMSNorm, SiLU] -> action logits.
 
@@ -79,12 +91,7 @@ class Actor(nn.Module):
         self.norm = RunningNorm(state_dim)
         self.net = mlp(state_dim, hidden, layers)
         self.out = nn.Linear(hidden, num_actions)
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                nn.init.orthogonal_(m.weight, math.sqrt(2))
-                nn.init.zeros_(m.bias)
-        nn.init.orthogonal_(self.out.weight, 0.001)
-        nn.init.zeros_(self.out.bias)
+        _orthogonal_init(self.net, self.out)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """state: [..., state_dim] -> logits [..., num_actions] (fp32)."""
@@ -94,7 +101,8 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """layers x [Linear(hidden), RMSNorm, SiLU] -> two-hot logits over symlog bins.
 
-    The output layer starts at zero, so V = 0 exactly before training (DreamerV3).
+    Initialised as the actor (the reference's `layer_init`): orthogonal with gain sqrt(2) for the
+    hidden layers and 0.001 for the output layer, zero biases, so V starts close to 0.
     """
 
     def __init__(
@@ -103,8 +111,7 @@ class Critic(nn.Module):
         super().__init__()
         self.net = mlp(state_dim, hidden, layers)
         self.out = nn.Linear(hidden, num_bins)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _orthogonal_init(self.net, self.out)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """state: [..., state_dim] -> bin logits [..., num_bins] (fp32)."""
@@ -130,6 +137,12 @@ class ActorCritic(nn.Module):
         return_scale_decay: EMA decay of the return scale S (0.99).
         percentiles: low and high percentile of the returns spanned by S (0.05, 0.95).
         grad_clip: gradient-norm clip the training module applies to the actor-critic (100).
+        reward_timing: which sequence feature the imagined reward and termination of step k are
+            read from. "reference" (the Drama code): d_{k-1}, the feature that predicted s_k,
+            so step k's reward is the outcome of the previous action; "outcome": d_k, the
+            outcome of a_k. Used by `WorldModel.imagine`.
+        return_bootstrap: the one-step bootstrap of the lambda-returns, "reference" (V(s_k), the
+            Drama code) or "next" (V(s_{k+1})); see `returns.lambda_returns`.
     """
 
     def __init__(
@@ -149,8 +162,19 @@ class ActorCritic(nn.Module):
         return_scale_decay: float = 0.99,
         percentiles: tuple[float, float] = (0.05, 0.95),
         grad_clip: float = 100.0,
+        reward_timing: str = "reference",
+        return_bootstrap: str = "reference",
     ) -> None:
         super().__init__()
+        if reward_timing not in REWARD_TIMINGS:
+            raise ValueError(
+                f"unknown reward_timing {reward_timing!r}; choose one of {REWARD_TIMINGS}"
+            )
+        if return_bootstrap not in BOOTSTRAP_MODES:
+            raise ValueError(
+                f"unknown return_bootstrap {return_bootstrap!r}; choose one of {BOOTSTRAP_MODES}"
+            )
+        self.reward_timing, self.return_bootstrap = reward_timing, return_bootstrap
         self.num_actions = num_actions
         self.gamma, self.lam, self.entropy_coef = gamma, lam, entropy_coef
         self.slow_critic_decay, self.return_scale_decay = slow_critic_decay, return_scale_decay
@@ -195,8 +219,12 @@ class ActorCritic(nn.Module):
         value = twohot_mean(critic_logits, self.bins)  # [N, H+1]
         with torch.no_grad():
             slow_value = self.value(states, slow=True)
-            returns = lambda_returns(rewards, cont, value.detach(), self.gamma, self.lam)  # [N, H]
-            slow_returns = lambda_returns(rewards, cont, slow_value, self.gamma, self.lam)
+            returns = lambda_returns(  # [N, H]
+                rewards, cont, value.detach(), self.gamma, self.lam, self.return_bootstrap
+            )
+            slow_returns = lambda_returns(
+                rewards, cont, slow_value, self.gamma, self.lam, self.return_bootstrap
+            )
             if self.training:
                 decay = self.return_scale_decay
                 spread = percentile_range(returns, *self.percentiles)

@@ -16,6 +16,26 @@ from torch import nn
 from lightning_drama.ssm import RMSNorm
 
 
+def fan_avg_init_(module: nn.Module) -> nn.Module:
+    """The reference's `weight_init` (Drama's tools.py, from DreamerV3): every Linear, Conv2d and
+    ConvTranspose2d in `module` gets a truncated normal weight with std sqrt(1 / fan_avg) / 0.8796
+    (cut at +-2 std; 0.8796 is the std of a unit normal cut there) and a zero bias, where fan_avg
+    is the mean of the fan-in and fan-out (times the kernel area for convolutions)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            fan_avg = (m.in_features + m.out_features) / 2
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            area = m.kernel_size[0] * m.kernel_size[1]
+            fan_avg = area * (m.in_channels + m.out_channels) / 2
+        else:
+            continue
+        std = (1.0 / fan_avg) ** 0.5 / 0.87962566103423978
+        nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return module
+
+
 def mlp(in_dim: int, hidden: int, layers: int) -> nn.Sequential:
     """`layers` x [Linear(hidden), RMSNorm, SiLU]; the output layer is added by the caller."""
     blocks: list[nn.Module] = []
@@ -89,9 +109,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Linear + BatchNorm + SiLU to a `[c, 4, 4]` map, then ConvTranspose k5 stride 2 (+ BN + SiLU)
-    up to the image size and a stride-1 ConvTranspose to the colour channels. Returns pre-sigmoid
-    logits.
+    """Linear to a `[c, 4, 4]` map + BatchNorm2d(c) + SiLU, then ConvTranspose k5 stride 2 (+ BN +
+    SiLU) up to the image size and a stride-1 ConvTranspose to the colour channels. Returns
+    pre-sigmoid logits.
+
+    The first norm is a BatchNorm2d over the reshaped map (statistics per channel, over 4 x 4
+    positions), as in the reference code, not a BatchNorm1d per feature.
 
     Args:
         in_dim: size of the latent input (32 * 32).
@@ -112,10 +135,9 @@ class Decoder(nn.Module):
         self.start_channels = channels[0]
         self.start_size = image_size // 2 ** (len(channels) - 1)
         start_dim = channels[0] * self.start_size**2
-        self.linear = nn.Sequential(
-            nn.Linear(in_dim, start_dim, bias=False), nn.BatchNorm1d(start_dim)
-        )
-        layers: list[nn.Module] = [nn.SiLU()]
+        # With a bias, as the reference: a per-channel BatchNorm2d keeps its 4 x 4 offsets.
+        self.linear = nn.Linear(in_dim, start_dim)
+        layers: list[nn.Module] = [nn.BatchNorm2d(channels[0]), nn.SiLU()]
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
             layers += [
                 nn.ConvTranspose2d(c_in, c_out, 5, 2, 2, output_padding=1, bias=False),
@@ -130,6 +152,7 @@ class Decoder(nn.Module):
         """z: [..., in_dim] -> logits [..., C, H, W] (channels_last strides)."""
         lead = z.shape[:-1]
         x = self.linear(z.flatten(0, -2))  # [N, start_dim]
+        # The linear's outputs in (h, w, c) order: the permute is a channels_last view, no copy.
         x = x.unflatten(1, (self.start_size, self.start_size, self.start_channels))
         x = self.net(x.permute(0, 3, 1, 2))  # channels_last [N, C, H, W]
         return x.unflatten(0, lead)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+BOOTSTRAP_MODES = ("reference", "next")
+
 
 def lambda_returns(
     reward: torch.Tensor,
@@ -11,26 +13,36 @@ def lambda_returns(
     value: torch.Tensor,
     gamma: float = 0.985,
     lam: float = 0.95,
+    bootstrap: str = "reference",
 ) -> torch.Tensor:
     """TD(lambda) returns of an imagined trajectory, bootstrapped from the last value.
 
-    `reward[:, k]` and `cont[:, k]` (= 1 - termination) are the outcome of action a_k taken in state
-    s_k; `value[:, k] = V(s_k)` for k = 0..H. With G_H = V(s_H):
+    `reward[:, k]` and `cont[:, k]` (= 1 - termination) belong to step k; `value[:, k] = V(s_k)`
+    for k = 0..H. With G_H = V(s_H):
 
-        G_k = r_k + gamma * c_k * ((1 - lam) * V(s_{k+1}) + lam * G_{k+1})
+        "reference": G_k = r_k + gamma * c_k * ((1 - lam) * V(s_k)     + lam * G_{k+1})
+        "next":      G_k = r_k + gamma * c_k * ((1 - lam) * V(s_{k+1}) + lam * G_{k+1})
+
+    "reference" is the Drama code's `calc_lambda_return` (agents.py), which the paper's numbers
+    come from: the one-step bootstrap uses the value of the state the step starts in. "next" is
+    the textbook (DreamerV3) form.
 
     reward, cont: [N, H]; value: [N, H+1] -> returns [N, H] (fp32).
     """
+    if bootstrap not in BOOTSTRAP_MODES:
+        raise ValueError(f"unknown bootstrap {bootstrap!r}; choose one of {BOOTSTRAP_MODES}")
     reward, cont, value = reward.float(), cont.float(), value.float()
     horizon = reward.shape[1]
     if value.shape[1] != horizon + 1:
         raise ValueError(
             f"lambda_returns: value has {value.shape[1]} steps, expected {horizon + 1}"
         )
+    offset = 0 if bootstrap == "reference" else 1
     returns = []
     last = value[:, -1]  # G_H = V(s_H)
     for k in reversed(range(horizon)):
-        last = reward[:, k] + gamma * cont[:, k] * ((1.0 - lam) * value[:, k + 1] + lam * last)
+        one_step = value[:, k + offset]
+        last = reward[:, k] + gamma * cont[:, k] * ((1.0 - lam) * one_step + lam * last)
         returns.append(last)
     return torch.stack(returns[::-1], 1)
 

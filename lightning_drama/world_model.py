@@ -32,10 +32,13 @@ from lightning_drama.distributions import (
     twohot_mean,
     unimix_logits,
 )
-from lightning_drama.networks import Decoder, Encoder, mlp
+from lightning_drama.networks import Decoder, Encoder, fan_avg_init_, mlp
 from lightning_drama.ssm import Mamba2Backbone, RMSNorm
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # policy state [N, S] -> action int64 [N]
+
+# Which feature an imagined step's reward and termination are read from (see `imagine`).
+REWARD_TIMINGS = ("reference", "outcome")
 
 
 class WorldModel(nn.Module):
@@ -57,7 +60,10 @@ class WorldModel(nn.Module):
         headdim: Mamba-2 head size (64).
         ngroups: B/C groups (1).
         chunk_size: SSD chunk length (64).
-        dropout: dropout on the backbone's residual adds (0.1).
+        dropout: dropout on the backbone's residual adds (0: the reference Drama has none; its
+            only `Dropout: 0.1` belongs to its Transformer baseline).
+        norm_eps: epsilon of the backbone's RMSNorms (block, final and gated norms; 1e-5 as
+            mamba-ssm, which the reference uses).
         head_hidden: hidden width of the reward and termination heads (256).
         num_bins: two-hot bins of the reward head (255).
         bin_range: the bins span [-bin_range, bin_range] in symlog space (20).
@@ -65,6 +71,9 @@ class WorldModel(nn.Module):
         dyn_scale: weight of the dynamics KL, KL(sg(post) || prior) (1.0).
         rep_scale: weight of the representation KL, KL(post || sg(prior)) (0.1).
         grad_clip: gradient-norm clip the training module applies to this model (1000).
+        zero_reward_init: start the reward head's output layer at zero, so every predicted reward
+            is exactly 0 before training (DreamerV3); the reference initialises it like the
+            layers before it (False).
     """
 
     def __init__(
@@ -83,7 +92,8 @@ class WorldModel(nn.Module):
         headdim: int = 64,
         ngroups: int = 1,
         chunk_size: int = 64,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
         head_hidden: int = 256,
         num_bins: int = 255,
         bin_range: float = 20.0,
@@ -91,6 +101,7 @@ class WorldModel(nn.Module):
         dyn_scale: float = 1.0,
         rep_scale: float = 0.1,
         grad_clip: float = 1000.0,
+        zero_reward_init: bool = False,
     ) -> None:
         super().__init__()
         if num_actions < 1:
@@ -118,7 +129,7 @@ class WorldModel(nn.Module):
         )
         self.backbone = Mamba2Backbone(
             d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
-            ngroups=ngroups, chunk_size=chunk_size, dropout=dropout,
+            ngroups=ngroups, chunk_size=chunk_size, dropout=dropout, norm_eps=norm_eps,
         )  # fmt: skip
         self.prior = nn.Linear(d_model, self.latent_dim)
         self.reward_head = nn.Sequential(
@@ -127,9 +138,15 @@ class WorldModel(nn.Module):
         self.termination_head = nn.Sequential(
             mlp(d_model, head_hidden, 1), nn.Linear(head_hidden, 1)
         )
-        # Zero output layers: the reward prediction starts at exactly 0 (DreamerV3).
-        nn.init.zeros_(self.reward_head[-1].weight)
-        nn.init.zeros_(self.reward_head[-1].bias)
+        # The reference's initialisation (mamba-ssm's for the sequence model, the stem's bias
+        # zeroed with it; its `weight_init` for the convolutions and the reward / termination
+        # heads; PyTorch's defaults for the posterior and prior heads).
+        nn.init.zeros_(self.stem[0].bias)
+        for part in (self.encoder, self.decoder, self.reward_head, self.termination_head):
+            fan_avg_init_(part)
+        if zero_reward_init:  # DreamerV3: the predicted reward starts at exactly 0
+            nn.init.zeros_(self.reward_head[-1].weight)
+            nn.init.zeros_(self.reward_head[-1].bias)
         self.register_buffer("bins", symlog_bins(num_bins, -bin_range, bin_range), persistent=False)
 
     # ------------------------------------------------------------------------------ pieces
@@ -232,58 +249,90 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def imagine(
-        self, context: Mapping[str, torch.Tensor], policy: Policy, horizon: int = 16
+        self,
+        context: Mapping[str, torch.Tensor],
+        policy: Policy,
+        horizon: int = 16,
+        reward_timing: str = "reference",
     ) -> dict[str, torch.Tensor]:
         """Roll the model out from real contexts with `policy`, without gradients.
 
         context: `start_obs` [N, C, H, W, 3] uint8, `start_action` [N, C] int64, `start_is_first`
         [N, C] bool (other `start_*` keys are ignored). policy: state [N, state_dim] -> action [N].
 
-        The context is encoded to posterior samples z^c_0..z^c_{C-1} and run through the backbone
-        in parallel with the stored actions and `reset=start_is_first`, giving d_{C-1}: the feature
-        after the last context frame and its action. Then, writing d_{-1} := d_{C-1}:
+        The context gives d_{-1} := d_{C-1} and z_0 ~ prior(d_{-1}) (`context_features`). Then:
 
-            z_0 ~ prior(d_{-1});  s_0 = [z_0, d_{-1}]
+            s_0 = [z_0, d_{-1}]
             for k = 0..horizon-1:
                 a_k ~ policy(s_k);  d_k = backbone.step(stem([z_k, a_k]))
-                r_k, e_k from d_k (the outcome of a_k)
                 z_{k+1} ~ prior(d_k);  s_{k+1} = [z_{k+1}, d_k]
+
+        and the reward r_k and termination e_k of step k are read from
+        - `reward_timing="reference"` (the Drama code, `reward_decoder(dist_feat[:, :-1])`):
+          d_{k-1}, the feature that predicted s_k, i.e. the outcome of the previous action
+          (for k = 0 that of the context's last action);
+        - `"outcome"`: d_k, the outcome of a_k.
 
         Returns a dict of fp32 / int64 tensors: `states` [N, horizon+1, state_dim] (s_0..s_H),
         `actions` [N, horizon], `rewards` [N, horizon] (predicted mean), `terminations` [N, horizon]
-        (1.0 where the termination logit is > 0), `cont` = 1 - terminations. Index k of actions,
-        rewards and terminations belongs together. Runs with the model in eval mode (BatchNorm
-        running statistics, no dropout) and restores the previous mode. A context whose last action
-        ended the episode (`start_terminated[:, -1]`) has no successor state; the replay never
-        picks such starts (`ReplayBuffer.valid_imagination_starts`), and nothing here masks them.
+        (1.0 where the termination logit is > 0), `cont` = 1 - terminations. Runs with the model in
+        eval mode (BatchNorm running statistics, no dropout) and restores the previous mode. A
+        context whose last action ended the episode (`start_terminated[:, -1]`) has no successor
+        state; the replay never picks such starts (`ReplayBuffer.valid_imagination_starts`), and
+        nothing here masks them.
         """
+        if reward_timing not in REWARD_TIMINGS:
+            raise ValueError(
+                f"unknown reward_timing {reward_timing!r}; choose one of {REWARD_TIMINGS}"
+            )
         obs, action, is_first = (
             context["start_obs"],
             context["start_action"],
             context["start_is_first"],
         )
         with self._eval_mode():
-            z_ctx = self.sample(self.encode(obs))  # [N, C, S*C]
-            d_ctx, state = self.backbone(self.sequence_input(z_ctx, action), reset=is_first)
-            d = d_ctx[:, -1]  # d_{C-1}: [N, D]
-            z = self.sample(self.prior_logits(d))  # z_0
-            states, actions, rewards, term_logits = [torch.cat([z, d.to(z.dtype)], -1)], [], [], []
+            z, d, state = self.context_features(obs, action, is_first)  # z_0, d_{-1}
+            states, actions, features = [torch.cat([z, d.to(z.dtype)], -1)], [], [d]
             for _ in range(horizon):
                 a = policy(states[-1])  # [N]
                 d, state = self.backbone.step(self.sequence_input(z, a), state)
                 z = self.sample(self.prior_logits(d))
                 states.append(torch.cat([z, d.to(z.dtype)], -1))
                 actions.append(a)
-                rewards.append(self.predict_reward(d))
-                term_logits.append(self.predict_termination(d).float())
-        terminations = (torch.stack(term_logits, 1) > 0).float()
+                features.append(d)
+            # d_{k-1} for k = 0..H-1 ("reference"), or d_k ("outcome")
+            d_reward = torch.stack(
+                features[:-1] if reward_timing == "reference" else features[1:], 1
+            )
+            rewards = self.predict_reward(d_reward)  # [N, H]
+            term_logits = self.predict_termination(d_reward).float()
+        terminations = (term_logits > 0).float()
         return {
             "states": torch.stack(states, 1).float(),
             "actions": torch.stack(actions, 1),
-            "rewards": torch.stack(rewards, 1),
+            "rewards": rewards,
             "terminations": terminations,
             "cont": 1.0 - terminations,
         }
+
+    def context_features(
+        self, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The state after a real context: what imagination starts from and what the reference
+        acts on.
+
+        obs: [N, C, H, W, 3] uint8; action: [N, C] int64; is_first: [N, C] bool (the sequence
+        model resets there; rows before a reset do not matter, so shorter contexts can be
+        left-padded). The context frames are encoded to posterior samples z^c_0..z^c_{C-1} and
+        run through the backbone in parallel with their actions, giving d_{C-1}, the feature
+        after the last frame and its action. Returns `(z, d, state)`: a prior sample
+        z ~ prior(d_{C-1}) [N, latent_dim], d_{C-1} [N, d_model] and the backbone state for
+        continuing with `backbone.step`. Call without gradients, in eval mode.
+        """
+        z_ctx = self.sample(self.encode(obs))  # [N, C, S*C]
+        d_ctx, state = self.backbone(self.sequence_input(z_ctx, action), reset=is_first)
+        d = d_ctx[:, -1]  # d_{C-1}: [N, D]
+        return self.sample(self.prior_logits(d)), d, state
 
     # ------------------------------------------------------------------------ real environment
 
@@ -332,6 +381,22 @@ class WorldModel(nn.Module):
             d = torch.where(is_first[:, None], 0.0, d.float())
             z = self.sample(self.encode(obs)).float()
         return torch.cat([z, d], -1), (z, *backbone_state)
+
+    @torch.no_grad()
+    def observe_context(
+        self, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor
+    ) -> torch.Tensor:
+        """The reference code's acting state: re-run the model over a short real context.
+
+        obs: the last K frames o_{t-K}..o_{t-1} [N, K, H, W, 3] uint8; action: the actions taken
+        on them [N, K] int64; is_first: [N, K] bool, True at the first frame of the episode in
+        the window (rows before it are padding and do not matter). The current frame o_t is not
+        looked at. Returns `policy_input = [z_t, d_{t-1}]` [N, state_dim] with z_t a *prior*
+        sample from d_{t-1} (see `context_features`). Runs in eval mode.
+        """
+        with self._eval_mode():
+            z, d, _ = self.context_features(obs, action, is_first)
+        return torch.cat([z.float(), d.float()], -1)
 
     # ---------------------------------------------------------------------------------- misc
 

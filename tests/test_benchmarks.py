@@ -16,9 +16,10 @@ from lightning_drama.world_model import WorldModel  # noqa: E402
 def test_layer_inputs_are_the_paper_models_conv_stack():
     layers = layer_inputs(WorldModel(6))
     names = [name for name, _, _ in layers]
-    # 5 encoder convs, 5 decoder (transposed) convs, 4 + 4 BatchNorms at conv resolution
-    # (the decoder's first BatchNorm is a BatchNorm1d after its Linear, not a conv layer).
-    assert len(names) == 19
+    # 5 encoder convs, 5 decoder (transposed) convs, 5 + 5 BatchNorms at conv resolution (the
+    # decoder's first is the BatchNorm2d over its Linear's 64 x 4 x 4 map, as the reference's).
+    assert len(names) == 20
+    assert "decoder BN+SiLU 64x4x4" in names
     assert names[0] == "encoder conv 3->16 at 64x64"
     assert names[1] == "encoder BN+SiLU 16x64x64"
     assert names[-1] == "decoder convT 16->3 at 64x64"
@@ -55,7 +56,7 @@ def test_runs_at_tiny_size():
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 19 + 1 + 2  # header, layers, update, two group sums
+    assert len(rows) == 1 + 20 + 1 + 2  # header, layers, update, two group sums
     assert "the update's bf16 speed-up would be" in result.stdout
 
 

@@ -107,6 +107,7 @@ def test_free_bits_clip_the_masked_mean():
 
 
 def test_lambda_returns_hand_computed_three_steps():
+    # bootstrap="next": the one-step target uses V(s_{k+1}) (DreamerV3; our alternative).
     gamma, lam = 0.5, 0.5
     reward = torch.tensor([[1.0, 2.0, 3.0]])
     cont = torch.tensor([[1.0, 0.0, 1.0]])  # the second action ends the episode
@@ -116,14 +117,38 @@ def test_lambda_returns_hand_computed_three_steps():
     # G_1 = 2 + 0.5 * 0 * (...) = 2
     # G_0 = 1 + 0.5 * 1 * (0.5 * 20 + 0.5 * 2) = 6.5
     expected = torch.tensor([[6.5, 2.0, 23.0]])
-    torch.testing.assert_close(lambda_returns(reward, cont, value, gamma, lam), expected)
+    returns = lambda_returns(reward, cont, value, gamma, lam, bootstrap="next")
+    torch.testing.assert_close(returns, expected)
     # lam = 1: discounted Monte-Carlo return bootstrapped at the end; lam = 0: one-step TD targets.
-    mc = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 1.0)
+    mc = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 1.0, bootstrap="next")
     torch.testing.assert_close(mc, torch.tensor([[1 + 1 + 0.75 + 5.0, 2 + 1.5 + 10.0, 3 + 20.0]]))
-    td = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 0.0)
+    td = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 0.0, bootstrap="next")
     torch.testing.assert_close(td, torch.tensor([[11.0, 17.0, 23.0]]))
     with pytest.raises(ValueError):
         lambda_returns(reward, cont, value[:, :3])
+
+
+def test_lambda_returns_reference_bootstrap_hand_computed_three_steps():
+    # The reference's calc_lambda_return: the one-step target uses V(s_k), the value of the state
+    # the step starts in. Same inputs as above:
+    #   G_3 = 40
+    #   G_2 = 3 + 0.5 * 1 * (0.5 * 30 + 0.5 * 40) = 20.5
+    #   G_1 = 2 + 0.5 * 0 * (...) = 2
+    #   G_0 = 1 + 0.5 * 1 * (0.5 * 10 + 0.5 * 2) = 4
+    reward = torch.tensor([[1.0, 2.0, 3.0]])
+    cont = torch.tensor([[1.0, 0.0, 1.0]])
+    value = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    expected = torch.tensor([[4.0, 2.0, 20.5]])
+    torch.testing.assert_close(lambda_returns(reward, cont, value, 0.5, 0.5), expected)
+    ref = lambda_returns(reward, cont, value, 0.5, 0.5, bootstrap="reference")
+    torch.testing.assert_close(ref, expected)  # the default
+    # lam = 0: r_k + gamma * V(s_k); lam = 1: the same Monte-Carlo return as "next".
+    td = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 0.0)
+    torch.testing.assert_close(td, torch.tensor([[6.0, 12.0, 18.0]]))
+    mc = lambda_returns(reward, torch.ones(1, 3), value, 0.5, 1.0)
+    torch.testing.assert_close(mc, torch.tensor([[1 + 1 + 0.75 + 5.0, 2 + 1.5 + 10.0, 3 + 20.0]]))
+    with pytest.raises(ValueError, match="bootstrap"):
+        lambda_returns(reward, cont, value, bootstrap="previous")
 
 
 def test_percentile_range_matches_numpy():

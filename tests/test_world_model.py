@@ -73,10 +73,34 @@ def test_loss_parts_and_shapes():
     assert all(v.dim() == 0 for v in parts.values())  # loggable as they are
     assert features["z"].shape == (2, 8, 64) and features["d"].shape == (2, 8, 64)
     assert features["recon"].shape == (2, 8, 3, 64, 64)
-    # Reward head starts at exactly 0: its loss is the two-hot CE of a uniform head, log(255).
-    assert parts["reward"].item() == pytest.approx(torch.log(torch.tensor(255.0)).item(), rel=1e-5)
     total.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "backbone" not in n)
+    # The reference initialises the reward output like its other layers: not a uniform head.
+    log_bins = torch.log(torch.tensor(255.0)).item()
+    assert parts["reward"].item() != pytest.approx(log_bins, rel=1e-3)
+    # zero_reward_init (DreamerV3): the prediction starts at exactly 0, the loss at log(255).
+    _, parts = small_model(zero_reward_init=True).loss(batch)
+    assert parts["reward"].item() == pytest.approx(log_bins, rel=1e-5)
+
+
+def test_initialisation_follows_the_reference():
+    from lightning_drama.ssm import Mamba2Backbone
+
+    model = small_model()
+    # weight_init: truncated normal, std sqrt(1 / fan_avg) / 0.8796, zero bias.
+    conv = model.encoder.net[3]  # 4 -> 8 channels, kernel 5
+    std = (1 / (25 * (4 + 8) / 2)) ** 0.5 / 0.87962566103423978
+    assert conv.weight.abs().max() <= 2 * std
+    assert conv.weight.std().item() == pytest.approx(std * 0.87962566103423978, rel=0.15)
+    for head in (model.reward_head, model.termination_head):
+        assert all(torch.all(m.bias == 0) for m in head.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.all(model.decoder.linear.bias == 0) and torch.all(model.stem[0].bias == 0)
+    # mamba-ssm's out_proj scaled by 1 / sqrt(n_layers): same seed, 1 vs 4 layers.
+    torch.manual_seed(0)
+    one = Mamba2Backbone(32, 1, headdim=16).mixers[0].out_proj.weight
+    torch.manual_seed(0)
+    four = Mamba2Backbone(32, 4, headdim=16).mixers[0].out_proj.weight
+    torch.testing.assert_close(four, one / 2)
 
 
 def test_overfits_a_fixed_batch():
@@ -105,7 +129,7 @@ def test_imagine_starts_from_the_state_of_a_full_forward_over_the_context():
     ctx["start_is_first"][1, 4] = True  # a boundary inside one context
     a_imagined = torch.tensor([[2, 0, 1], [1, 1, 0], [0, 2, 2]])
     steps = iter(a_imagined.T)
-    im = model.imagine(ctx, lambda s: next(steps), horizon=3)
+    im = model.imagine(ctx, lambda s: next(steps), horizon=3, reward_timing="outcome")
     assert im["states"].shape == (3, 4, 64 + 64)
     assert im["actions"].shape == im["rewards"].shape == im["cont"].shape == (3, 3)
     torch.testing.assert_close(im["actions"], a_imagined)
@@ -160,11 +184,55 @@ def test_imagined_rewards_and_terminations_follow_the_action_that_caused_them():
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    def policy(s):
+        return torch.randint(0, 3, (s.shape[0],))
+
     torch.manual_seed(0)
-    im = model.imagine(context_of(batch), lambda s: torch.randint(0, 3, (s.shape[0],)), horizon=6)
+    im = model.imagine(context_of(batch), policy, horizon=6, reward_timing="outcome")
     a = im["actions"]
     assert torch.all((im["rewards"] > 0.5) == (a == 1)), (im["rewards"], a)
     assert torch.all((im["terminations"] == 1) == (a == 2)), (im["terminations"], a)
+    # The reference's timing: step k carries the outcome of the previous action, a_{k-1}, and
+    # step 0 that of the context's last action.
+    torch.manual_seed(0)
+    im = model.imagine(context_of(batch), policy, horizon=6)
+    previous = torch.cat([context_of(batch)["start_action"][:, -1:], im["actions"][:, :-1]], 1)
+    assert torch.all((im["rewards"] > 0.5) == (previous == 1)), (im["rewards"], previous)
+    assert torch.all((im["terminations"] == 1) == (previous == 2))
+
+
+def test_reward_timing_on_a_two_step_rollout_with_a_stub_model():
+    # Stub dynamics: the context gives d_{-1}, step k gives d_k; the reward head reads d[0] and
+    # the termination logit d[1]. Hand-computed: d_{-1} = (5, +1), d_0 = (100, -1), d_1 = (101, +1).
+    model = small_model()
+    n, dim = 2, model.d_model
+
+    def feature(reward: float, term_logit: float) -> torch.Tensor:
+        d = torch.zeros(n, dim)
+        d[:, 0], d[:, 1] = reward, term_logit
+        return d
+
+    step_features = iter([feature(100.0, -1.0), feature(101.0, 1.0)])
+    z0 = torch.zeros(n, model.latent_dim)
+    model.context_features = lambda obs, action, is_first: (z0, feature(5.0, 1.0), ())
+    model.backbone.step = lambda x, state, reset=None: (next(step_features), state)
+    model.predict_reward = lambda d: d[..., 0]
+    model.predict_termination = lambda d: d[..., 1]
+    ctx = context_of(synthetic_batch(n, 8))
+    zeros = lambda s: torch.zeros(s.shape[0], dtype=torch.long)  # noqa: E731
+
+    im = model.imagine(ctx, zeros, horizon=2)  # the default: reference timing
+    torch.testing.assert_close(im["rewards"], torch.tensor([[5.0, 100.0]] * n))
+    torch.testing.assert_close(im["terminations"], torch.tensor([[1.0, 0.0]] * n))
+    torch.testing.assert_close(im["cont"], torch.tensor([[0.0, 1.0]] * n))
+
+    step_features = iter([feature(100.0, -1.0), feature(101.0, 1.0)])
+    im = model.imagine(ctx, zeros, horizon=2, reward_timing="outcome")
+    torch.testing.assert_close(im["rewards"], torch.tensor([[100.0, 101.0]] * n))
+    torch.testing.assert_close(im["terminations"], torch.tensor([[0.0, 1.0]] * n))
+    with pytest.raises(ValueError, match="reward_timing"):
+        model.imagine(ctx, zeros, horizon=2, reward_timing="late")
 
 
 def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
