@@ -23,7 +23,7 @@ from torchmetrics import CatMetric, MeanMetric
 
 from lightning_drama.agent import ActorCritic
 from lightning_drama.optim import LaProp, linear_warmup
-from lightning_drama.policy import DramaPolicy, run_episode
+from lightning_drama.policy import ACTING_MODES, make_policy, run_episodes
 from lightning_drama.scores import game_from_env_id, human_normalized
 from lightning_drama.world_model import WorldModel
 
@@ -76,10 +76,19 @@ class DramaModule(pl.LightningModule):
         ac_lr: LaProp learning rate of the actor and critic.
         eps: LaProp epsilon (the paper's 1e-20).
         betas: LaProp betas.
-        weight_decay: decoupled weight decay of both optimisers.
+        weight_decay: decoupled, learning-rate-scaled weight decay of both optimisers (0: the
+            reference's LaProp has none).
         warmup_updates: linear learning-rate warm-up, in updates.
         imagine_horizon: imagined steps per start (16).
-        eval_greedy: evaluation episodes take the most likely action instead of sampling.
+        eval_greedy: evaluation episodes take the most likely action (the reference's eval.py)
+            instead of sampling.
+        acting: what the policy sees in the real environment. "reference" (the Drama code):
+            [a prior sample of z_t, d_{t-1}] with d recomputed each step over the last
+            `acting_context` (obs, action) pairs of the episode, and a random first action per
+            episode; "posterior": [the posterior z_t of the current frame, d_{t-1}] from a
+            recurrent state carried in O(1) per step. See `lightning_drama.policy`.
+        acting_context: the window of `acting="reference"` (the reference's
+            RealityContextLength, 16).
     """
 
     def __init__(
@@ -91,14 +100,20 @@ class DramaModule(pl.LightningModule):
         ac_lr: float = 4e-5,
         eps: float = 1e-20,
         betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 1e-4,
+        weight_decay: float = 0.0,
         warmup_updates: int = 1000,
         imagine_horizon: int = 16,
-        eval_greedy: bool = False,
+        eval_greedy: bool = True,
+        acting: str = "reference",
+        acting_context: int = 16,
     ) -> None:
         super().__init__()
         if imagine_horizon < 1:
             raise ValueError(f"imagine_horizon must be >= 1, got {imagine_horizon}")
+        if acting not in ACTING_MODES:
+            raise ValueError(f"unknown acting {acting!r}; choose one of {ACTING_MODES}")
+        if acting_context < 1:
+            raise ValueError(f"acting_context must be >= 1, got {acting_context}")
         check_component_keys(world_model, actor_critic)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -106,8 +121,12 @@ class DramaModule(pl.LightningModule):
         self.actor_critic = ActorCritic(
             num_actions, state_dim=self.world_model.state_dim, **(actor_critic or {})
         )
-        self.policy = DramaPolicy(self.world_model, self.actor_critic)
-        self.eval_policy = DramaPolicy(self.world_model, self.actor_critic, greedy=eval_greedy)
+        self.policy = make_policy(
+            acting, self.world_model, self.actor_critic, False, acting_context
+        )
+        self.eval_policy = make_policy(
+            acting, self.world_model, self.actor_critic, eval_greedy, acting_context
+        )
         # Episode statistics are metrics so they aggregate over DDP ranks.
         self.episode_return = MeanMetric()
         self.episode_length = MeanMetric()
@@ -155,7 +174,10 @@ class DramaModule(pl.LightningModule):
 
         context = {key: value for key, value in batch.items() if key.startswith("start_")}
         imagined = self.world_model.imagine(
-            context, self.actor_critic.act, self.hparams.imagine_horizon
+            context,
+            self.actor_critic.act,
+            self.hparams.imagine_horizon,
+            reward_timing=self.actor_critic.reward_timing,
         )
         ac_loss, ac_stats = self.actor_critic.loss(imagined)
         ac_opt.zero_grad(set_to_none=True)
@@ -244,23 +266,30 @@ class DramaModule(pl.LightningModule):
     # -------------------------------------------------------------------------- evaluation
 
     def _evaluation_step(self, batch: torch.Tensor) -> None:
+        """Play the evaluation episodes whose indices are in `batch` at once, each to its end
+        (or `data.eval_max_steps`), one env per episode; episode i starts from seed
+        `eval_seed + i`."""
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "make_eval_env"):
             raise RuntimeError("evaluation needs the DramaDataModule (it makes the eval envs)")
-        index = int(batch.reshape(-1)[0])
-        seed = datamodule.eval_seed + index
-        env = datamodule.make_eval_env()
-        # The episode's sampled actions come from its own seed: evaluating leaves the training
-        # RNG alone (a run trains the same whenever it evaluates) and is reproducible.
+        indices = [int(i) for i in batch.reshape(-1)]
+        seeds = [datamodule.eval_seed + i for i in indices]
+        envs = [datamodule.make_eval_env() for _ in indices]
+        # The sampled actions and latents come from the batch's own seed: evaluating leaves the
+        # training RNG alone (a run trains the same whenever it evaluates) and is reproducible.
         try:
             with torch.no_grad(), torch.random.fork_rng(**_accelerator_rng(self.device)):
-                torch.manual_seed(seed)
-                episode = run_episode(env, self.eval_policy, seed, datamodule.eval_max_steps)
+                torch.manual_seed(seeds[0])
+                episodes = run_episodes(envs, self.eval_policy, seeds, datamodule.eval_max_steps)
         finally:
-            env.close()
-        self.eval_returns.update(torch.tensor([episode["return"]], device=self.device))
-        self.eval_lengths.update(torch.tensor([episode["length"]], device=self.device))
-        self.eval_cut.update(torch.tensor([episode["cut"]], device=self.device))
+            for env in envs:
+                env.close()
+        for key, metric in (
+            ("return", self.eval_returns),
+            ("length", self.eval_lengths),
+            ("cut", self.eval_cut),
+        ):
+            metric.update(torch.tensor([e[key] for e in episodes], device=self.device))
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._evaluation_step(batch)

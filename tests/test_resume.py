@@ -29,17 +29,23 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("acting", ["reference", "posterior"])
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, monkeypatch, acting):
     """Fit to 40 env steps and resume to 70, against one run to 70: the same env steps, actions,
-    replay rows, DFS counts and weights, bit for bit."""
+    replay rows, DFS counts and weights, bit for bit, in both acting modes (the reference's
+    16-step window and our carried recurrent state are both part of the checkpoint)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    fit("--data.total_env_steps=40")
+    fit("--data.total_env_steps=40", f"--model.acting={acting}")
     runs = tmp_path / "a" / "runs" / "debug"
-    fit("--data.total_env_steps=70", f"--ckpt_path={runs / 'version_0/checkpoints/last.ckpt'}")
+    fit(
+        "--data.total_env_steps=70",
+        f"--model.acting={acting}",
+        f"--ckpt_path={runs / 'version_0/checkpoints/last.ckpt'}",
+    )
     monkeypatch.chdir(tmp_path / "b")
-    fit("--data.total_env_steps=70")
+    fit("--data.total_env_steps=70", f"--model.acting={acting}")
     whole = tmp_path / "b" / "runs" / "debug" / "version_0"
 
     resumed_rows, whole_rows = replay_rows(runs / "version_0", 70), replay_rows(whole, 70)

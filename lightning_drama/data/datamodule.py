@@ -119,7 +119,11 @@ class DramaDataModule(pl.LightningDataModule):
             checkpoint only has to flush them), in RAM otherwise; ``"memory"``: always in RAM
             (each checkpoint then writes the arrays to ``<run directory>/replay``).
         asynchronous_envs: step several envs in subprocesses instead of in turn.
-        eval_episodes: episodes per ``validate`` / ``test`` run (and per evaluation during fit).
+        eval_episodes: episodes per ``validate`` / ``test`` run (and per evaluation during fit);
+            the reference's eval.py plays 100.
+        eval_envs: evaluation episodes played at once, one env each, with one batched policy call
+            per step; each episode still runs to its end. An evaluation is reproducible for the
+            same ``eval_seed`` and ``eval_envs``.
         eval_max_steps: env steps after which an evaluation episode is cut (27,000 = the
             108,000-frame Atari cap).
         eval_seed: seed of the first evaluation episode; episode i uses ``eval_seed + i``.
@@ -130,7 +134,7 @@ class DramaDataModule(pl.LightningDataModule):
         env_id: str,
         num_envs: int = 1,
         capacity: int = 100_000,
-        warmup_steps: int = 1024,
+        warmup_steps: int = 1032,
         total_env_steps: int = 100_000,
         env_steps_per_update: int = 1,
         batch_size: int = 16,
@@ -144,7 +148,8 @@ class DramaDataModule(pl.LightningDataModule):
         env_options: dict[str, Any] | None = None,
         replay_dir: str | None = None,
         asynchronous_envs: bool = False,
-        eval_episodes: int = 10,
+        eval_episodes: int = 100,
+        eval_envs: int = 10,
         eval_max_steps: int = 27_000,
         eval_seed: int = 10_000,
     ):
@@ -192,12 +197,13 @@ class DramaDataModule(pl.LightningDataModule):
         self.env_options = dict(env_options or {})
         self.replay_dir = replay_dir
         self.asynchronous_envs = asynchronous_envs
-        if eval_episodes < 1 or eval_max_steps < 1:
+        if eval_episodes < 1 or eval_max_steps < 1 or eval_envs < 1:
             raise ValueError(
-                f"eval_episodes ({eval_episodes}) and eval_max_steps ({eval_max_steps}) "
-                "must be >= 1"
+                f"eval_episodes ({eval_episodes}), eval_envs ({eval_envs}) and eval_max_steps "
+                f"({eval_max_steps}) must be >= 1"
             )
         self.eval_episodes = eval_episodes
+        self.eval_envs = eval_envs
         self.eval_max_steps = eval_max_steps
         self.eval_seed = eval_seed
 
@@ -479,10 +485,11 @@ class DramaDataModule(pl.LightningDataModule):
         return make_env(self.env_id, **self.env_options)
 
     def _episode_indices(self) -> DataLoader:
-        # One item per evaluation episode; under DDP Lightning shards them over the ranks.
-        # Its own generator, as for training: iterating it leaves the global RNG alone.
+        # One batch of `eval_envs` episode indices per step, played at once; under DDP Lightning
+        # shards the batches over the ranks. Its own generator, as for training: iterating it
+        # leaves the global RNG alone.
         episodes = list(range(self.eval_episodes))
-        return DataLoader(episodes, batch_size=1, generator=torch.Generator())
+        return DataLoader(episodes, batch_size=self.eval_envs, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._episode_indices()
