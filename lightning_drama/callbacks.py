@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 
@@ -63,7 +63,10 @@ class EnvironmentLoop(pl.Callback):
     def _count_to_budget(trainer: pl.Trainer, datamodule: Any, batch_idx: int) -> None:
         """Give the (tqdm) progress bar of the endless replay stream the number of updates to
         the budget, so that it shows how far the run is and when it will end."""
-        bar = getattr(trainer.progress_bar_callback, "train_progress_bar", None)
+        callback = trainer.progress_bar_callback
+        if not isinstance(callback, TQDMProgressBar):  # e.g. Rich's: left as Lightning shows it
+            return
+        bar = callback.train_progress_bar if callback.is_enabled else None
         if bar is None or getattr(bar, "total", 0) is not None:
             return
         per_update = datamodule.env_steps_per_update * trainer.world_size

@@ -11,6 +11,7 @@ saved into every run directory.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -18,6 +19,9 @@ import warnings
 from pathlib import Path
 
 import jsonargparse
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_drama.allocator import keep_freed_memory
@@ -54,6 +58,16 @@ class DramaCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if _is_local_file_path(ckpt_path) and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
+        # Lightning picks Rich's bar when `rich` happens to be installed; ours counts the updates
+        # to the env-step budget in a tqdm bar, whatever else is installed.
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in configured
+        ):
+            callbacks = [*callbacks, TQDMProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -114,6 +128,66 @@ def _find_config(name: str) -> str:
     return name  # let the parser report the missing file
 
 
+# Dict-typed options: a later config file must change the keys it names and keep the others, but
+# the parser replaces a dict as a whole (it merges only dotted command-line keys).
+MERGED_DICTS = (("model", "world_model"), ("model", "actor_critic"), ("data", "env_options"))
+
+
+def merge_config_dicts(args: list[str]) -> list[str]:
+    """Make every `--config` after the first merge into the dict options instead of replacing them.
+
+    Such a config's `model.world_model`, `model.actor_critic` and `data.env_options` sections are
+    taken out and given as dotted options right after it (`--model.world_model.dropout 0.1`),
+    which the parser merges key by key; the rest of the file follows as an inline config. So
+    `--config atari.yaml --config atari_improved.yaml` keeps atari.yaml's world-model keys.
+    """
+    out: list[str] = []
+    seen_config = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            path, step = args[i + 1], 2
+        elif arg.startswith("--config="):
+            path, step = arg.split("=", 1)[1], 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        extra = _dotted_dict_options(path) if seen_config else None
+        if extra is None:
+            out += args[i : i + step]
+        else:
+            rest, dotted = extra
+            if rest:
+                out += ["--config", json.dumps(rest)]
+            out += dotted
+        seen_config = True
+        i += step
+    return out
+
+
+def _dotted_dict_options(path: str) -> tuple[dict, list[str]] | None:
+    """(the config without its MERGED_DICTS sections, those sections as dotted options), or None
+    when `path` is not a YAML file holding any of them."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        return None
+    dotted: list[str] = []
+    for section, key in MERGED_DICTS:
+        values = config.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), dict):
+            for name, value in values.pop(key).items():
+                text = value if isinstance(value, str) else json.dumps(value)  # parsed as YAML
+                dotted += [f"--{section}.{key}.{name}", text]
+            if not values:
+                config.pop(section)
+    return (config, dotted) if dotted else None
+
+
 # An absolute interpolation `${data.batch_size}`: a key path from the root, no resolver (`oc.env:`).
 _ABSOLUTE_INTERPOLATION = re.compile(r"\$\{([a-zA-Z][a-zA-Z0-9_.\[\]]*)\}")
 
@@ -151,9 +225,11 @@ def main(args: list[str] | None = None) -> DramaCLI:
     if os.environ.get("DRAMA_MALLOC_TUNING", "1") != "0":
         keep_freed_memory()  # ~1.6x faster CPU updates; DRAMA_MALLOC_TUNING=0 turns it off
     if args is None:  # from the command line: rewrite sys.argv so LightningCLI parses it as usual
-        sys.argv[1:] = relative_interpolations(resolve_config_paths(sys.argv[1:]))
+        sys.argv[1:] = relative_interpolations(
+            merge_config_dicts(resolve_config_paths(sys.argv[1:]))
+        )
     else:
-        args = relative_interpolations(resolve_config_paths(args))
+        args = relative_interpolations(merge_config_dicts(resolve_config_paths(args)))
     # "omegaconf+" resolves interpolations after config files and command line are merged. The
     # root parser's mode is the one used (subcommand parsers inherit it), and its keys start with
     # the subcommand: config files keep paths from their own root by the relative rewrite.
