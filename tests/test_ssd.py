@@ -1,6 +1,7 @@
 """The chunked SSD scan against the sequential recurrence (lightning_drama/ssm/ssd.py)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -234,6 +235,70 @@ def test_strong_decay_stays_exact(dtype):
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert (y.double() - y_ref).norm() / y_ref.norm() < tol
     assert (f.double() - f_ref).norm() / f_ref.norm() < tol
+
+
+def strong_decay_inputs(total: float, with_reset: bool, seed: int = 0):
+    """fp32 inputs in Mamba-2's initial ranges (A in [-16, -1], dt log-uniform in [1e-3, 1e-1])
+    where head 0, A = -16 and dt ~ 0.1, decays by about e^-total over each chunk of 64 steps."""
+    g = torch.Generator().manual_seed(seed)
+    b, L, H, P, G, N = 2, 128, 4, 8, 2, 8
+    x = torch.randn(b, L, H, P, generator=g)
+    dt = torch.empty(b, L, H).uniform_(math.log(1e-3), math.log(1e-1), generator=g).exp()
+    dt[..., 0] = total / (64 * 16) * (1 + 0.1 * (torch.rand(b, L, generator=g) - 0.5))
+    A = torch.tensor([-16.0, -1.0, -4.0, -12.0])
+    B = torch.randn(b, L, G, N, generator=g)
+    C = torch.randn(b, L, G, N, generator=g)
+    D = torch.randn(H, generator=g)
+    h0 = torch.randn(b, H, P, N, generator=g)
+    reset = None
+    if with_reset:  # inside a chunk, at a chunk's first and last step; chunks without any
+        reset = torch.zeros(b, L, dtype=torch.bool)
+        reset[0, [20, 64, 127]] = True
+        reset[1, 90] = True
+    grad_y = torch.randn(b, L, H, P, generator=g)
+    grad_final = torch.randn(b, H, P, N, generator=g)
+    return (x, dt, A, B, C, D, h0), reset, grad_y, grad_final
+
+
+def scan_gradients(fn, inputs, reset, grad_y, grad_final, dtype):
+    """y, final and the gradients of every input of `fn` (ssd_scan or ssd_reference) in dtype."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    x, dt, A, B, C, D, h0 = leaves
+    y, final = fn(x, dt, A, B, C, 64, D=D, initial_state=h0, reset=reset)
+    ((y * grad_y.to(dtype)).sum() + (final * grad_final.to(dtype)).sum()).backward()
+    return [y.detach(), final.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("with_reset", [False, True])
+@pytest.mark.parametrize("total", range(60, 131, 10))
+def test_fp32_gradients_stay_finite_at_strong_decay(total, with_reset, monkeypatch):
+    # Regression: with a chunk decaying by more than about e^-89 (here one head with A = -16
+    # and dt ~ 0.1 at chunk 64, both inside Mamba-2's initial ranges) the factored form's
+    # backward pass formed exp(cs_t - cs_s) above the causal diagonal, up to e^120: inf in fp32,
+    # then NaN when multiplied by the mask, which reached the gradients of B and C (and from
+    # there in_proj and the convolution). The sweep crosses the switch to the segment-sum form.
+    calls = []
+    factored = ssd._ssd_chunked_factored
+    monkeypatch.setattr(ssd, "_ssd_chunked_factored", lambda *a: calls.append(1) or factored(*a))
+    inputs, reset, grad_y, grad_final = strong_decay_inputs(total, with_reset)
+    got = scan_gradients(ssd_scan, inputs, reset, grad_y, grad_final, torch.float32)
+    if total != 120:  # 120: either form, by the dt drawn
+        assert bool(calls) == (total <= 110)
+    want = scan_gradients(ssd_reference, inputs, reset, grad_y, grad_final, torch.float64)
+    names = ["y", "final", "x", "dt", "A", "B", "C", "D", "initial_state"]
+    # Relative errors measured at these inputs, worst over the sweep, the reset cases and seeds
+    # 0-8: up to 7e-7 (final state), 6e-7 (dt) and 1.2e-6 (A, from head 0), the others 4e-7;
+    # with every chunk forced through the segment-sum form, 4.5e-7 (A) and 2.4e-7.
+    for name, a, w in zip(names, got, want, strict=True):
+        assert a.dtype == torch.float32 and torch.isfinite(a).all(), name
+        assert relative_error(a, w) < 3e-6, name
+    # Head 0's dt alone, whose gradient through the log-decays is largely cancelling terms and
+    # loses more in the factored form: up to 2e-6 (the segment-sum form: 1.6e-7).
+    assert relative_error(got[3][..., 0], want[3][..., 0]) < 6e-6
+
+
+def relative_error(a: torch.Tensor, want: torch.Tensor) -> float:
+    return ((a.double() - want).norm() / want.norm()).item()
 
 
 def test_long_sequences_run_in_segments(monkeypatch, form):

@@ -166,12 +166,20 @@ def _backward(ctx, gy: Tensor | None, gfinal: Tensor | None):
 
     # z = (C B^T * causal) u + C_start hh, per group
     gz_g = _groups(gz.view(n, l, G, K))
+    # gz_t u_s scales as exp(cs_t - cs_s): at most 1 for s <= t, but above the diagonal up to
+    # exp(2 FACTORED_MAX_EXPONENT), past fp32's range, where a product with the mask turned an
+    # inf into NaN (inf * 0) that reached B and C. tril_ writes zeros instead (as masked_fill_
+    # would, ~10x slower on CPU); then, with resets, the product drops the pairs across one,
+    # finite as they lie below the diagonal.
+    reset_causal = causal if causal.dim() == 3 else None  # [n, l, l] with resets
     u_g, hh_g = _groups(u), _groups(hh.view(n, N, G, K))
     gB, gC, gCs, gu, ghh = [], [], [], [], []
     for gzk, uk, hk, Bk, Ck, Csk, CB in zip(
         gz_g, u_g, hh_g, _groups(Bc), _groups(Cc), _groups(C_start), ctx.CBs, strict=True
     ):
-        gCB = torch.bmm(gzk, uk.transpose(1, 2)).mul_(causal)  # [n, l(t), l(s)]
+        gCB = torch.bmm(gzk, uk.transpose(1, 2)).tril_()  # [n, l(t), l(s)]
+        if reset_causal is not None:
+            gCB.mul_(reset_causal)
         gC.append(gCB @ Bk)  # [n, l, N]
         gB.append(gCB.transpose(1, 2) @ Ck)
         gCs.append(torch.bmm(gzk, hk.transpose(1, 2)))  # [n, l, N]
