@@ -9,21 +9,32 @@ A run that logged only ``eval/`` metrics is a ``validate`` or ``test`` run, not 
 skipped. A ``fit`` resumed from a checkpoint in another run's directory (``ckpt_path`` of its
 ``config.yaml``) logs into a new directory; it continues that run, and the two are joined into one.
 
-Runs of the same env (``data.env_id`` of the ``config.yaml`` LightningCLI writes next to the log)
-are seeds of one experiment and drawn as one curve: each seed is smoothed with a trailing moving
-average, interpolated onto the env steps logged by any seed within the range all seeds cover, and
-averaged; the band is the 95 % Student-t confidence interval of that mean, ``mean +- t(0.975,
-n - 1) * std / sqrt(n)`` over the n seeds. A single run is drawn as its smoothed line.
+Runs are seeds of one experiment when the ``config.yaml`` LightningCLI writes next to the log
+differs only in keys that do not change what is learned (``NOT_THE_EXPERIMENT``: the seed, the
+budget, where and how often things are logged, ...). The seeds of an experiment are drawn as one
+curve: each seed is smoothed with a trailing moving average, interpolated onto the env steps
+logged by any seed within the range all seeds cover, and averaged; the band is the 95 % Student-t
+confidence interval of that mean, ``mean +- t(0.975, n - 1) * std / sqrt(n)`` over the n seeds.
+A single run is drawn as its smoothed line. Experiments are labelled by their game and the keys
+in which their configs differ (``Pong, model.acting=posterior (3 seeds)``). Runs without a
+``config.yaml`` are grouped by env (``env_id`` of ``hparams.yaml``), or else each on its own.
+
+Without ``--metric`` the episode return is drawn (and the human-normalised score when the game is
+known). A run too short for a few finished episodes, such as ``configs/debug.yaml``'s, has fewer
+than ``MIN_POINTS`` of them: then the first ``MAX_FALLBACK_PANELS`` metrics of ``FALLBACK`` that a
+run logged at least ``MIN_POINTS`` times are drawn instead, with a note saying so. A metric asked
+for with ``--metric`` is drawn however few its points, and is an error when no run logged it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +57,61 @@ TITLES = {
     NORMALIZED: "human-normalised score",
     "eval/return_mean": "evaluation return",
     "eval/human_normalized": "evaluation human-normalised score",
+    "train/wm/recon": "world model: reconstruction loss",
+    "train/wm/kl": "world model: KL(posterior || prior)",
+    "train/ac/return": "actor-critic: imagined lambda-return",
+    "train/wm/loss": "world model: total loss",
+    "train/ac/loss": "actor-critic: total loss",
 }
+# Losses that fall by orders of magnitude early on: a log axis keeps the later progress visible.
+LOG_SCALE = {"train/wm/recon", "train/wm/loss"}
+
+# Fewer logged points than this say little about a trend (a debug run has one or two returns).
+MIN_POINTS = 3
+# When no run has MIN_POINTS episode returns: the most informative metrics first. The score when
+# evaluations ran often enough; then whether the world model learns to see (reconstruction) and
+# to predict (KL of its prior from its posterior), and what the actor reaches in imagination.
+FALLBACK = (
+    "eval/return_mean",
+    "train/wm/recon",
+    "train/wm/kl",
+    "train/ac/return",
+    "train/wm/loss",
+    "train/ac/loss",
+)
+MAX_FALLBACK_PANELS = 3
+
+# Keys of config.yaml (dotted, with LightningCLI's init_args left out) that do not change what a
+# run learns, so runs differing only in them are seeds of one experiment: the seed itself, the
+# checkpoint a fit resumed from, the budget (a run resumed with a larger one goes on; nothing
+# anneals over it), and where, how often and how fast things are logged, saved, evaluated, shown
+# or stepped. A key matches itself and everything below it.
+NOT_THE_EXPERIMENT = (
+    "seed_everything",
+    "data.seed",
+    "ckpt_path",
+    "weights_only",
+    "data.total_env_steps",
+    "data.replay_dir",
+    "data.asynchronous_envs",
+    "data.eval_envs",
+    "trainer.accelerator",
+    "trainer.logger",
+    "trainer.callbacks",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.enable_checkpointing",
+    "trainer.enable_autolog_hparams",
+    "trainer.profiler",
+    "trainer.log_every_n_steps",
+    "trainer.val_check_interval",
+    "trainer.check_val_every_n_epoch",
+    "trainer.num_sanity_val_steps",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+)
 LAYOUT = "<save_dir>/<name>/version_<k>/metrics.csv, as written by Lightning's CSVLogger"
 
 # Two-sided 95 % Student-t critical values t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher
@@ -65,20 +130,26 @@ class PlotError(ValueError):
 
 @dataclass
 class Run:
-    """The metrics of one ``metrics.csv`` and the env the run was trained on."""
+    """The metrics of one ``metrics.csv``, the env the run was trained on and its experiment."""
 
     path: Path  # the directory holding metrics.csv (the first one, for runs joined over resumes)
     env_id: str | None  # None when neither config.yaml nor hparams.yaml names it
     metrics: dict[str, Curve]
     ckpt_path: str | None = None  # the checkpoint the run was resumed from, as config.yaml has it
+    # Dotted key -> value of config.yaml without NOT_THE_EXPERIMENT; None without a config.yaml.
+    experiment: dict[str, str] | None = None
 
     @property
-    def group(self) -> str:
-        """Runs of one group are seeds of one experiment: same env, or (unknown env) same path."""
+    def group(self) -> Hashable:
+        """Runs of one group are seeds of one experiment: the same config up to the seed (and
+        NOT_THE_EXPERIMENT); without a config.yaml the same env, or (unknown env) the same path."""
+        if self.experiment is not None:
+            return self.env_id, tuple(sorted(self.experiment.items()))
         return self.env_id if self.env_id is not None else str(self.path)
 
     @property
     def label(self) -> str:
+        """The game (or env, or path) the run played; ``group_labels`` adds what else differs."""
         if self.env_id is None:
             return str(self.path)
         return game_from_env_id(self.env_id) or self.env_id
@@ -182,6 +253,42 @@ def read_env_id(run_dir: Path, root: Path) -> str | None:
     return None
 
 
+def flatten_config(node: object, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.world_model.d_model": "64", ...}``; lists are leaves.
+
+    LightningCLI's subclass mode (``{class_path, init_args}``) flattens to ``<key>.class_path``
+    and the init_args' keys directly below ``<key>``. Values are strings as a user would type
+    them: a plain string as is, anything else as JSON (``null``, ``true``, ``[8, 16]``).
+    """
+    if not isinstance(node, dict):
+        value = node if isinstance(node, str) else json.dumps(node, sort_keys=True, default=str)
+        return {prefix: value}
+    if isinstance(node.get("init_args"), dict):
+        node = {key: value for key, value in node.items() if key != "init_args"} | node["init_args"]
+    flat = {}
+    for key, value in node.items():
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def defines_experiment(key: str) -> bool:
+    return not any(key == k or key.startswith(f"{k}.") for k in NOT_THE_EXPERIMENT)
+
+
+def read_experiment(run_dir: Path, root: Path) -> dict[str, str] | None:
+    """The keys of the nearest ``config.yaml`` that define the experiment; None without one."""
+    config = next(_config_files(run_dir, root), None)
+    if config is None:
+        return None
+    try:
+        node = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # read_env_id has warned already
+    if not isinstance(node, dict):
+        return None
+    return {k: v for k, v in flatten_config(node).items() if defines_experiment(k)}
+
+
 def read_ckpt_path(run_dir: Path, root: Path) -> str | None:
     """``ckpt_path`` of the nearest ``config.yaml``: the checkpoint a resumed fit started from."""
     config = next(_config_files(run_dir, root), None)
@@ -229,7 +336,7 @@ def continue_with(run: Run, resumed: Run) -> Run:
                 np.concatenate([steps[before], later_steps]),
                 np.concatenate([values[before], later_values]),
             )
-    return Run(run.path, run.env_id, metrics, run.ckpt_path)
+    return Run(run.path, run.env_id, metrics, run.ckpt_path, run.experiment)
 
 
 def join_resumes(runs: Sequence[Run]) -> list[Run]:
@@ -287,7 +394,9 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
                 )
                 continue
             env_id = read_env_id(run_dir.resolve(), root)
-            runs.append(Run(run_dir, env_id, metrics, read_ckpt_path(run_dir.resolve(), root)))
+            ckpt_path = read_ckpt_path(run_dir.resolve(), root)
+            experiment = read_experiment(run_dir.resolve(), root)
+            runs.append(Run(run_dir, env_id, metrics, ckpt_path, experiment))
     if not runs:
         names = ", ".join(str(path) for path in paths)
         raise PlotError(f"no training run under {names}: every metrics.csv has only eval/ columns")
@@ -335,39 +444,108 @@ def mean_and_band(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.n
     return grid, values.mean(axis=0), t_critical_95(n - 1) * sem
 
 
+def most_points(runs: Sequence[Run], metric: str) -> int:
+    """The most points any run logged of ``metric`` (0 when none did)."""
+    curves = [curve for curve in (run.curve(metric) for run in runs) if curve is not None]
+    return max((len(steps) for steps, _ in curves), default=0)
+
+
+def fallback_metrics(runs: Sequence[Run]) -> list[str]:
+    """Up to ``MAX_FALLBACK_PANELS`` of ``FALLBACK``, in its order, that some run logged at least
+    ``MIN_POINTS`` times; when none has that many, those of ``RETURN`` and ``FALLBACK`` logged."""
+    candidates = [m for m in FALLBACK if most_points(runs, m) >= MIN_POINTS]
+    if not candidates:
+        candidates = [m for m in (RETURN, *FALLBACK) if most_points(runs, m) > 0]
+    if not candidates:
+        available = sorted({column for run in runs for column in run.metrics})
+        raise PlotError(
+            f"no run logged {RETURN} or any of {', '.join(FALLBACK)}; choose a column with "
+            f"--metric, available: {', '.join(available)}"
+        )
+    return candidates[:MAX_FALLBACK_PANELS]
+
+
 def panel_metrics(runs: Sequence[Run], metrics: Sequence[str] | None) -> list[str]:
-    """The metrics to draw, one panel each; a requested one that no run has is an error."""
-    requested = list(metrics) if metrics else [RETURN]
-    for metric in requested:
-        if all(run.curve(metric) is None for run in runs):
-            available = sorted({column for run in runs for column in run.metrics})
-            raise PlotError(
-                f"no run has the column {metric!r}; available columns: {', '.join(available)}"
-            )
-    if not metrics and any(run.curve(NORMALIZED) is not None for run in runs):
-        requested.append(NORMALIZED)
-    return requested
+    """The metrics to draw, one panel each.
+
+    Asked-for metrics are drawn as asked; one that no run has is an error. By default the episode
+    return and (when known) the human-normalised score, or, when no run logged ``MIN_POINTS``
+    returns, the ``fallback_metrics`` with a note (a warning) saying why.
+    """
+    if metrics:
+        for metric in metrics:
+            if all(run.curve(metric) is None for run in runs):
+                available = sorted({column for run in runs for column in run.metrics})
+                raise PlotError(
+                    f"no run has the column {metric!r}; available columns: {', '.join(available)}"
+                )
+        return list(metrics)
+    returns = most_points(runs, RETURN)
+    if returns >= MIN_POINTS:
+        return [RETURN, NORMALIZED] if most_points(runs, NORMALIZED) else [RETURN]
+    panels = fallback_metrics(runs)
+    logged = f"at most {returns} point{'s' if returns > 1 else ''} a run" if returns else "none"
+    warnings.warn(
+        f"{RETURN}: {logged}, too few episodes finished for a curve; drawing {', '.join(panels)} "
+        f"instead (the first of {', '.join(FALLBACK)} with {MIN_POINTS}+ points, else with any; "
+        "choose with --metric)",
+        stacklevel=2,
+    )
+    return panels
+
+
+def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
+    """The runs grouped into experiments (``Run.group``), in the order of their first run."""
+    groups: dict[Hashable, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    return list(groups.values())
+
+
+def group_labels(groups: Sequence[Sequence[Run]], max_keys: int = 3) -> list[str]:
+    """One legend label per experiment: its game and the config keys whose values differ between
+    experiments (``Pong, model.acting=posterior``); at most ``max_keys`` of them, then a count."""
+    experiments = [group[0].experiment for group in groups]
+    configs = [e for e in experiments if e is not None]
+    keys = sorted({key for config in configs for key in config})
+    # The game names the env, unless two envs play one game (ALE/Pong-v5, PongNoFrameskip-v4).
+    env_ids = {group[0].env_id for group in groups}
+    named = {"data.env_id"} if len({group[0].label for group in groups}) == len(env_ids) else set()
+    differing = [
+        key for key in keys if key not in named and len({config.get(key) for config in configs}) > 1
+    ]
+    labels = []
+    for group, experiment in zip(groups, experiments, strict=True):
+        parts = [group[0].label]
+        if experiment is not None:
+            parts += [f"{key}={experiment.get(key, 'unset')}" for key in differing[:max_keys]]
+            if len(differing) > max_keys:
+                parts.append(f"+{len(differing) - max_keys} more keys")
+        labels.append(", ".join(parts))
+    return labels
 
 
 def plot_learning_curves(
     runs: Sequence[Run], metrics: Sequence[str] | None = None, smooth_window: int = 5
 ) -> Figure:
-    """One panel per metric (default: episode return and, when known, human-normalised score)."""
+    """One panel per metric (default: episode return and, when known, human-normalised score;
+    see ``panel_metrics``), one line per experiment (``group_runs``)."""
     panels = panel_metrics(runs, metrics)
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group, []).append(run)
+    groups = group_runs(runs)
+    names = group_labels(groups)
 
     # Not pyplot: a Figure of its own leaves the caller's matplotlib backend alone.
     fig = Figure(figsize=(6 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, metric in zip(axes, panels, strict=True):
-        for color, group in enumerate(groups.values()):
+        positive = True
+        for color, (group, name) in enumerate(zip(groups, names, strict=True)):
             curves = [c for c in (run.curve(metric) for run in group) if c is not None]
             if not curves:
                 continue
+            positive = positive and all((values > 0).all() for _, values in curves)
             curves = [(steps, smooth(values, smooth_window)) for steps, values in curves]
-            label = f"{group[0].label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            label = f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
             style = {"color": f"C{color}", "markersize": 3}
             try:
                 grid, mean, half = mean_and_band(curves)
@@ -383,13 +561,15 @@ def plot_learning_curves(
                 ax.fill_between(grid, mean - half, mean + half, color=f"C{color}", alpha=0.2)
         if metric in NORMALIZED_FROM:
             ax.axhline(1.0, color="gray", linestyle="--", linewidth=0.8, label="human")
+        if metric in LOG_SCALE and positive:
+            ax.set_yscale("log")
         ax.set_title(TITLES.get(metric, metric))
         ax.set_xlabel("env steps")
         ax.set_ylabel(metric)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    band = "mean of seeds, 95 % t-interval" if any(len(g) > 1 for g in groups.values()) else ""
+    band = "mean of seeds, 95 % t-interval" if any(len(g) > 1 for g in groups) else ""
     smoothing = f"moving average over {smooth_window} logs" if smooth_window > 1 else "no smoothing"
     fig.suptitle(", ".join(filter(None, [band, smoothing])), fontsize="small")
     return fig
@@ -399,9 +579,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_drama.plot",
         description="Draw learning curves from the CSVLogger logs of training runs into a PNG. "
-        "Runs of the same env_id (from their config.yaml) are averaged with a 95 % confidence "
-        "band; a run resumed from another's checkpoint continues it; validate/test runs are "
-        "skipped.",
+        "Runs whose config.yaml differ only in the seed (or in logging, budget and the like) are "
+        "seeds of one experiment, averaged with a 95 % confidence band; different configs are "
+        "labelled by what differs. A run resumed from another's checkpoint continues it; "
+        "validate/test runs are skipped.",
     )
     parser.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR",
@@ -413,7 +594,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--metric", action="append", metavar="NAME",
-        help=f"column to plot instead of the default {RETURN} and {NORMALIZED}; repeatable",
+        help=f"column to plot instead of the default {RETURN} and {NORMALIZED} (or, when "
+        f"runs have fewer than {MIN_POINTS} returns, the first of {', '.join(FALLBACK)} they "
+        "logged); repeatable",
     )  # fmt: skip
     parser.add_argument(
         "--smooth", type=int, default=5, metavar="K",

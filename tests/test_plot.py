@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lightning_drama.plot import (
     Run,
+    flatten_config,
     is_evaluation,
     load_runs,
     main,
     mean_and_band,
     plot_learning_curves,
     read_env_id,
+    read_experiment,
     read_metrics,
     smooth,
     t_critical_95,
@@ -347,3 +350,195 @@ def test_a_fit_that_logged_only_its_final_evaluation_is_not_a_test_run():
     assert not is_evaluation(
         {**fit, "epoch": fit["eval/return_mean"], "train/wm/loss": fit["eval/return_mean"]}
     )
+
+
+def debug_rows(first: int, last: int, returns: int) -> list[dict]:
+    """A debug-sized run: world-model and actor-critic losses every 20 env steps, an evaluation
+    at the end, and the returns of only ``returns`` finished episodes (Pong is longer)."""
+    rows = [
+        {
+            "step": step,
+            "train/wm/recon": 1000 / step,
+            "train/wm/kl": 2 - step / 1000,
+            "train/ac/return": step / 100,
+            "train/wm/loss": 1000 / step,
+        }
+        for step in range(first, last + 1, 20)
+    ]
+    rows += [{"step": first + 50 * (k + 1), "env/episode_return": -21.0} for k in range(returns)]
+    rows.append({"step": last, "eval/return_mean": -20.0})
+    return rows
+
+
+def test_default_falls_back_to_world_model_metrics_when_too_few_returns(tmp_path):
+    """The reported case: `plot runs/debug` failed without a return column, or drew two points."""
+    write_run(tmp_path / "debug/version_0", debug_rows(84, 400, returns=0), "ALE/Pong-v5")
+    note = r"env/episode_return: none, too few episodes .* drawing train/wm/recon, train/wm/kl"
+    with pytest.warns(UserWarning, match=note) as notes:
+        fig = plot_learning_curves(load_runs([tmp_path]), smooth_window=1)
+    assert len(notes) == 1
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "train/wm/recon",
+        "train/wm/kl",
+        "train/ac/return",
+    ]
+    assert fig.axes[0].get_title() == "world model: reconstruction loss"
+    assert fig.axes[0].get_yscale() == "log"  # falls by orders of magnitude
+    np.testing.assert_array_equal(fig.axes[1].lines[0].get_xdata(), np.arange(84, 401, 20))
+
+    # Two returns (and one evaluation) are still too few: the same fallback, saying so.
+    write_run(tmp_path / "debug/version_1", debug_rows(84, 400, returns=2), "ALE/Pong-v5")
+    with pytest.warns(UserWarning, match="env/episode_return: at most 2 points a run, too few"):
+        fig = plot_learning_curves(load_runs([tmp_path]), smooth_window=1)
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "train/wm/recon",
+        "train/wm/kl",
+        "train/ac/return",
+    ]
+
+    # Three returns are a curve: no fallback, no note.
+    write_run(tmp_path / "debug/version_2", debug_rows(84, 400, returns=3), "ALE/Pong-v5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_learning_curves(load_runs([tmp_path]), smooth_window=1)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["env/episode_return", "env/human_normalized"]
+
+
+def test_fallback_prefers_enough_points_then_takes_what_was_logged(tmp_path):
+    # Three evaluations outrank the world model; only MAX_FALLBACK_PANELS = 3 panels.
+    rows = debug_rows(84, 400, returns=1)
+    rows += [{"step": step, "eval/return_mean": -19.0} for step in (200, 300)]
+    write_run(tmp_path / "a/version_0", rows, "ALE/Pong-v5")
+    with pytest.warns(UserWarning, match="drawing eval/return_mean, train/wm/recon, train/wm/kl"):
+        plot_learning_curves(load_runs([tmp_path / "a"]))
+
+    # A run stopped after two logs: nothing has 3 points; the return, then the fallback order.
+    write_run(tmp_path / "b/version_0", debug_rows(84, 104, returns=1), "ALE/Pong-v5")
+    with pytest.warns(
+        UserWarning, match="drawing env/episode_return, eval/return_mean, train/wm/recon"
+    ):
+        fig = plot_learning_curves(load_runs([tmp_path / "b"]))
+    assert len(fig.axes) == 3
+
+    # Nothing to fall back on: say what there is and how to choose.
+    write_run(tmp_path / "c/version_0", [{"step": 10, "custom/x": 1.0}], "ALE/Pong-v5")
+    with pytest.raises(ValueError, match=r"choose a column with --metric, available: custom/x"):
+        plot_learning_curves(load_runs([tmp_path / "c"]))
+
+
+def test_main_prints_one_note_for_the_fallback(tmp_path, monkeypatch, capsys):
+    write_run(tmp_path / "runs/debug/version_0", debug_rows(84, 400, returns=0), "ALE/Pong-v5")
+    monkeypatch.chdir(tmp_path)
+    main(["runs/debug", "-o", "curves.png"])
+    out, err = capsys.readouterr()
+    assert out == "curves.png\n"
+    assert err.count("\n") == 1
+    assert err.startswith("python -m lightning_drama.plot: env/episode_return: none, too few")
+    assert "drawing train/wm/recon, train/wm/kl, train/ac/return instead" in err
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+    # Asked for by name, a missing metric stays an error that lists the columns.
+    with pytest.raises(SystemExit):
+        main(["runs/debug", "--metric", "env/episode_return", "-o", "x.png"])
+    assert (
+        "no run has the column 'env/episode_return'; available columns: " in capsys.readouterr().err
+    )
+
+
+def write_config(version_dir: Path, **overrides: object) -> None:
+    """config.yaml as LightningCLI writes it; ``overrides`` set dotted keys (``model__acting``)."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "precision": "32-true",
+            "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": "runs"}}],
+            "enable_progress_bar": None,
+        },
+        "model": {"acting": "reference", "world_model": {"d_model": 64}},
+        "data": {"env_id": "ALE/Pong-v5", "seed": None, "total_env_steps": 400},
+        "ckpt_path": None,
+    }
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    (version_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_runs_differing_only_in_the_seed_are_one_experiment(tmp_path, monkeypatch):
+    """The reported case: seven debug runs with different configs were drawn as "7 seeds"."""
+    root = tmp_path / "runs/debug"
+    versions = [
+        # seeds of the reference configuration: the seed, the budget, the log dir and the
+        # progress bar do not change what is learned
+        {},
+        {"seed_everything": 1, "data__total_env_steps": 1000},
+        {"data__seed": 7, "trainer__logger": [], "trainer__enable_progress_bar": False},
+        # other experiments
+        {"model__acting": "posterior"},
+        {"model__acting": "posterior", "seed_everything": 3},
+        {"model__world_model__d_model": 128},
+    ]
+    for k, overrides in enumerate(versions):
+        version_dir = write_run(root / f"version_{k}", training_rows(1000, 5000, k, False), None)
+        write_config(version_dir, **overrides)
+    # version_6 resumes version_1 with a larger budget: it continues that seed
+    resumed = write_run(root / "version_6", training_rows(6000, 8000, 1, False), None)
+    ckpt = str(root / "version_1/checkpoints/last.ckpt")
+    write_config(resumed, seed_everything=1, data__total_env_steps=2000, ckpt_path=ckpt)
+
+    runs = load_runs([root])
+    assert len(runs) == 6
+    fig = plot_learning_curves(runs, ["env/episode_return"], smooth_window=1)
+    (ax,) = fig.axes
+    assert ax.get_legend_handles_labels()[1] == [
+        "Pong, model.acting=reference, model.world_model.d_model=64 (3 seeds)",
+        "Pong, model.acting=posterior, model.world_model.d_model=64 (2 seeds)",
+        "Pong, model.acting=reference, model.world_model.d_model=128 (1 seed)",
+    ]
+    # returns of the seeds: offset k + step / 1000; the common range is [1000, 5000]
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), np.arange(1000, 5001, 1000))
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), 1 + np.arange(1, 6))  # offsets 0, 1, 2
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), 3.5 + np.arange(1, 6))  # offsets 3, 4
+    assert len(ax.collections) == 2  # a band for each experiment with seeds
+
+    # Two envs of one game: the env_id tells them apart.
+    write_config(root / "version_1", data__env_id="PongNoFrameskip-v4", seed_everything=1)
+    write_config(resumed, data__env_id="PongNoFrameskip-v4", ckpt_path=ckpt)
+    runs = [run for run in load_runs([root]) if run.path.name in ("version_0", "version_1")]
+    fig = plot_learning_curves(runs, ["env/episode_return"], smooth_window=1)
+    assert fig.axes[0].get_legend_handles_labels()[1] == [
+        "Pong, data.env_id=ALE/Pong-v5 (1 seed)",
+        "Pong, data.env_id=PongNoFrameskip-v4 (1 seed)",
+    ]
+
+
+def test_read_experiment_drops_what_does_not_define_it(tmp_path):
+    run = write_run(tmp_path / "version_0", [{"step": 0}], None)
+    write_config(run, trainer__callbacks=[{"class_path": "DreamMedia"}], data__replay_dir="x")
+    assert read_experiment(run, tmp_path) == {
+        "trainer.precision": "32-true",
+        "model.acting": "reference",
+        "model.world_model.d_model": "64",
+        "data.env_id": "ALE/Pong-v5",
+    }
+    assert read_experiment(write_run(tmp_path / "bare", [{"step": 0}], None), tmp_path) is None
+
+
+def test_flatten_config():
+    config = {
+        "a": {"b": 1, "c": [8, 16], "d": None, "e": "text"},
+        "data": {"class_path": "pkg.Data", "init_args": {"env_id": "X", "seed": 3}},
+    }
+    assert flatten_config(config) == {
+        "a.b": "1",
+        "a.c": "[8, 16]",
+        "a.d": "null",
+        "a.e": "text",
+        "data.class_path": "pkg.Data",
+        "data.env_id": "X",
+        "data.seed": "3",
+    }
