@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from lightning_drama.checks import ConfigError, check_choice, check_float, check_int
 from lightning_drama.distributions import symlog_bins, twohot_loss, twohot_mean
 from lightning_drama.networks import mlp
 from lightning_drama.returns import BOOTSTRAP_MODES, lambda_returns, percentile_range
@@ -166,14 +167,26 @@ class ActorCritic(nn.Module):
         return_bootstrap: str = "reference",
     ) -> None:
         super().__init__()
-        if reward_timing not in REWARD_TIMINGS:
-            raise ValueError(
-                f"unknown reward_timing {reward_timing!r}; choose one of {REWARD_TIMINGS}"
+        where = "model.actor_critic"
+        check_choice(where, "reward_timing", reward_timing, REWARD_TIMINGS)
+        check_choice(where, "return_bootstrap", return_bootstrap, BOOTSTRAP_MODES)
+        for name, value in (("actor_hidden", actor_hidden), ("actor_layers", actor_layers),
+                            ("critic_hidden", critic_hidden), ("critic_layers", critic_layers),
+                            ("state_dim", state_dim)):  # fmt: skip
+            check_int(where, name, value, 1)
+        check_int(where, "num_bins", num_bins, 2)
+        check_float(where, "bin_range", bin_range, above=0.0)
+        check_float(where, "gamma", gamma, above=0.0, maximum=1.0)
+        check_float(where, "lam", lam, minimum=0.0, maximum=1.0)
+        check_float(where, "entropy_coef", entropy_coef, minimum=0.0)
+        check_float(where, "slow_critic_decay", slow_critic_decay, minimum=0.0, below=1.0)
+        check_float(where, "return_scale_decay", return_scale_decay, minimum=0.0, below=1.0)
+        low, high = (check_float(where, "percentiles", p, 0.0, 1.0) for p in percentiles)
+        if not low < high:
+            raise ConfigError(
+                f"{where}.percentiles must be (low, high) with low < high, got {percentiles}"
             )
-        if return_bootstrap not in BOOTSTRAP_MODES:
-            raise ValueError(
-                f"unknown return_bootstrap {return_bootstrap!r}; choose one of {BOOTSTRAP_MODES}"
-            )
+        check_float(where, "grad_clip", grad_clip, above=0.0)
         self.reward_timing, self.return_bootstrap = reward_timing, return_bootstrap
         self.num_actions = num_actions
         self.gamma, self.lam, self.entropy_coef = gamma, lam, entropy_coef
@@ -187,14 +200,22 @@ class ActorCritic(nn.Module):
         self.register_buffer("bins", symlog_bins(num_bins, -bin_range, bin_range), persistent=False)
 
     def policy(self, state: torch.Tensor) -> Categorical:
-        """state: [..., state_dim] -> Categorical over actions."""
-        return Categorical(logits=self.actor(state))
+        """state: [..., state_dim] -> Categorical over actions.
+
+        Not validated: a diverged actor's NaN logits give a NaN loss, which the training module
+        skips and counts (`DramaModule.divergence_patience`), instead of an exception here."""
+        return Categorical(logits=self.actor(state), validate_args=False)
 
     @torch.no_grad()
     def act(self, state: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """state: [N, state_dim] -> action [N] int64, sampled (or the most likely one if greedy)."""
         logits = self.actor(state)
-        return logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
+        if greedy:
+            return logits.argmax(-1)
+        # Gumbel-max: a sample of Categorical(logits) that stays a valid action (rather than an
+        # error) when a diverged actor gives non-finite logits; see `policy`.
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits)))
+        return (logits + gumbel).argmax(-1)
 
     def value(self, state: torch.Tensor, slow: bool = False) -> torch.Tensor:
         """state: [..., state_dim] -> V(s) [...] of the critic (or the slow critic)."""

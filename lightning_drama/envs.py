@@ -16,6 +16,8 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
+from lightning_drama.checks import ConfigError
+
 OBS_SHAPE = (64, 64, 3)
 
 SUPPORTED = (
@@ -167,7 +169,7 @@ def _make_atari(
             **kwargs,
         )
     except gym.error.Error as e:
-        raise ValueError(f"unknown Atari env {env_id!r} ({e}); {SUPPORTED}") from e
+        raise ConfigError(f"unknown Atari env {env_id!r} ({e}); {SUPPORTED}") from e
     return gym.wrappers.AtariPreprocessing(
         env,
         noop_max=noop_max,
@@ -184,13 +186,13 @@ def _make_generic(env_id: str, **kwargs: Any) -> gym.Env:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import env class {env_id!r} ({e}); {SUPPORTED}") from e
+            raise ConfigError(f"cannot import env class {env_id!r} ({e}); {SUPPORTED}") from e
         env = cls(**kwargs)
     else:
         try:
             env = gym.make(env_id, **kwargs)
         except gym.error.Error as e:
-            raise ValueError(f"unknown env id {env_id!r} ({e}); {SUPPORTED}") from e
+            raise ConfigError(f"unknown env id {env_id!r} ({e}); {SUPPORTED}") from e
     obs_space, act_space = env.observation_space, env.action_space
     if not (
         isinstance(obs_space, gym.spaces.Box)
@@ -199,13 +201,13 @@ def _make_generic(env_id: str, **kwargs: Any) -> gym.Env:
         and obs_space.dtype == np.uint8
     ):
         env.close()
-        raise ValueError(
+        raise ConfigError(
             f"env {env_id!r} has observation space {obs_space}, but Drama needs (H, W, 3) uint8 "
             f"image observations (vector observations are not supported); {SUPPORTED}"
         )
     if not isinstance(act_space, gym.spaces.Discrete):
         env.close()
-        raise ValueError(
+        raise ConfigError(
             f"env {env_id!r} has action space {act_space}, but Drama needs a Discrete action "
             f"space (continuous actions are not supported); {SUPPORTED}"
         )

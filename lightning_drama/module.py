@@ -11,25 +11,21 @@ from __future__ import annotations
 import difflib
 import inspect
 import random
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torchmetrics import CatMetric, MeanMetric
 
 from lightning_drama.agent import ActorCritic
+from lightning_drama.checks import ConfigError, check_choice, check_float, check_int
 from lightning_drama.optim import LaProp, linear_warmup
 from lightning_drama.policy import ACTING_MODES, make_policy, run_episodes
 from lightning_drama.scores import game_from_env_id, human_normalized
 from lightning_drama.world_model import WorldModel
-
-# Lightning suggests snapshotting weights before each manual step for ModelCheckpoint; our
-# checkpoints deliberately hold the state after the update, consistent with the optimisers.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 # Hyperparameters a checkpoint must share with the model it is loaded into.
 _ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
@@ -54,13 +50,34 @@ def check_component_keys(
             for name in inspect.signature(component).parameters
             if name not in ("num_actions", "state_dim")
         ]
-        for key in given or {}:
+        annotations = inspect.signature(component).parameters
+        for key, value in (given or {}).items():
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
+                raise ConfigError(
                     f"{section} has no key {key!r}{hint}. Valid keys: {', '.join(valid)}"
                 )
+            _check_type(section, key, value, annotations[key].annotation)
+
+
+def _check_type(section: str, key: str, value: Any, annotation: Any) -> None:
+    """The scalar types of the components' arguments (their annotations are strings here); the
+    components check ranges themselves, this only fails earlier, before the environment probe."""
+    expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}.get(
+        str(annotation)
+    )
+    if expected is None or value is None:
+        return
+    if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            str(annotation), "a string"
+        )
+        raise ConfigError(f"{section}.{key} must be {kind}, got {value!r}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The losses or gradients stopped being usable (see `DramaModule.divergence_patience`)."""
 
 
 class DramaModule(pl.LightningModule):
@@ -89,6 +106,10 @@ class DramaModule(pl.LightningModule):
             recurrent state carried in O(1) per step. See `lightning_drama.policy`.
         acting_context: the window of `acting="reference"` (the reference's
             RealityContextLength, 16).
+        divergence_patience: an update whose world-model or actor-critic gradient is not finite
+            is skipped with a warning (as AMP's loss scaler does); after this many such updates
+            in a row, or as many with an exactly zero world-model gradient (a dead model), the run
+            stops with an error, leaving the checkpoints written before untouched.
     """
 
     def __init__(
@@ -106,14 +127,22 @@ class DramaModule(pl.LightningModule):
         eval_greedy: bool = True,
         acting: str = "reference",
         acting_context: int = 16,
+        divergence_patience: int = 20,
     ) -> None:
         super().__init__()
-        if imagine_horizon < 1:
-            raise ValueError(f"imagine_horizon must be >= 1, got {imagine_horizon}")
-        if acting not in ACTING_MODES:
-            raise ValueError(f"unknown acting {acting!r}; choose one of {ACTING_MODES}")
-        if acting_context < 1:
-            raise ValueError(f"acting_context must be >= 1, got {acting_context}")
+        check_float("model", "wm_lr", wm_lr, above=0.0)
+        check_float("model", "ac_lr", ac_lr, above=0.0)
+        check_float("model", "eps", eps, above=0.0)
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(f"model.betas must be two numbers, got {betas!r}")
+        for beta in betas:
+            check_float("model", "betas", beta, minimum=0.0, below=1.0)
+        check_float("model", "weight_decay", weight_decay, minimum=0.0)
+        check_int("model", "warmup_updates", warmup_updates, 0)
+        check_int("model", "imagine_horizon", imagine_horizon, 1)
+        check_choice("model", "acting", acting, ACTING_MODES)
+        check_int("model", "acting_context", acting_context, 1)
+        check_int("model", "divergence_patience", divergence_patience, 1)
         check_component_keys(world_model, actor_critic)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -137,6 +166,8 @@ class DramaModule(pl.LightningModule):
         # Env steps this model was trained on (all processes), saved with it for evaluations.
         self.register_buffer("trained_env_steps", torch.zeros((), dtype=torch.long))
         self._grad_norms: dict[str, torch.Tensor] = {}
+        self._skipped: set[str] = set()  # parts whose step this update skipped (non-finite)
+        self._bad_updates = 0  # consecutive updates with a skipped step or a dead world model
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -149,7 +180,28 @@ class DramaModule(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         from lightning_drama.callbacks import EnvironmentLoop
 
+        # A loop configured with the trainer's callbacks (its checkpoint interval) is kept.
+        if any(isinstance(c, EnvironmentLoop) for c in self.trainer.callbacks):
+            return []
         return [EnvironmentLoop()]
+
+    def on_train_start(self) -> None:
+        # A resumed run may change the learning rates (cli.CHANGEABLE_ON_RESUME); the optimiser
+        # and scheduler states restored from the checkpoint still hold the old ones.
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        for opt, sched, lr in zip(
+            self.trainer.optimizers,
+            schedulers,
+            (self.hparams.wm_lr, self.hparams.ac_lr),
+            strict=True,
+        ):
+            old = sched.base_lrs[0]
+            if old != lr:
+                sched.base_lrs = [lr] * len(sched.base_lrs)
+                for group in opt.param_groups:
+                    group["initial_lr"] = lr
+                    group["lr"] *= lr / old  # the warm-up's factor stays
+                sched._last_lr = [group["lr"] for group in opt.param_groups]
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -167,6 +219,11 @@ class DramaModule(pl.LightningModule):
         wm_sched, ac_sched = self.lr_schedulers()
 
         wm_loss, wm_parts = self.world_model.loss(batch)
+        if not torch.isfinite(wm_loss):
+            # A broken world model would only feed NaN into imagination: skip the whole update.
+            self._skipped.update(("wm", "ac"))
+            self._watch_divergence()
+            return
         wm_opt.zero_grad(set_to_none=True)
         self.manual_backward(wm_loss)
         wm_opt.step()  # clipping happens in on_before_optimizer_step, after AMP unscaling
@@ -186,6 +243,7 @@ class DramaModule(pl.LightningModule):
         ac_sched.step()
         self.actor_critic.update_slow_critic()
         self.trained_env_steps.fill_(self.env_steps)
+        self._watch_divergence()
 
         self.log("wm", wm_loss.detach(), prog_bar=True, logger=False)
         self.log("ac", ac_loss.detach(), prog_bar=True, logger=False)
@@ -214,9 +272,44 @@ class DramaModule(pl.LightningModule):
         else:
             name, params = "ac", self.actor_critic.parameters()
             clip = self.actor_critic.grad_clip
-        self._grad_norms[name] = torch.nn.utils.clip_grad_norm_(
-            [p for p in params if p.grad is not None], clip
-        ).detach()
+        params = [p for p in params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
+        self._grad_norms[name] = norm
+        if not torch.isfinite(norm):  # one host sync per step: the price of not training on NaN
+            for p in params:
+                p.grad = None  # LaProp (and AMP's scaler) leave parameters without grad alone
+            self._skipped.add(name)
+
+    def _watch_divergence(self) -> None:
+        """Warn about skipped steps; stop after `divergence_patience` bad updates in a row."""
+        dead = "wm" not in self._skipped and float(self._grad_norms.get("wm", 1.0)) == 0.0
+        if not self._skipped and not dead:
+            self._bad_updates = 0
+            return
+        self._bad_updates += 1
+        parts = " and ".join(
+            {"wm": "world-model", "ac": "actor-critic"}[n]
+            for n in sorted(self._skipped, reverse=True)
+        )
+        what = (
+            f"non-finite {parts} losses or gradients"
+            if self._skipped
+            else ("a zero world-model gradient")
+        )
+        self._skipped.clear()
+        if self._bad_updates == 1:
+            rank_zero_warn(
+                f"update at {self.env_steps:,} env steps: {what}"
+                + ("; the step was skipped" if not dead else "")
+            )
+        if self._bad_updates >= self.hparams.divergence_patience:
+            hp = self.hparams
+            raise TrainingDiverged(
+                f"training diverged: {what} in {self._bad_updates} updates in a row (up to "
+                f"{self.env_steps:,} env steps). The checkpoints written before are untouched. "
+                f"Try lower learning rates (--model.wm_lr {hp.wm_lr:g}, --model.ac_lr "
+                f"{hp.ac_lr:g} now)."
+            )
 
     # ---------------------------------------------------------------------------- logging
 
@@ -324,8 +417,10 @@ class DramaModule(pl.LightningModule):
             "max_steps": self.trainer.datamodule.eval_max_steps,
             "episodes_cut": float(cut.sum()),
         }
-        if game is not None:
+        # A human-normalised score is a claim about whole episodes: none for cut ones.
+        if game is not None and not result["episodes_cut"]:
             result["human_normalized"] = human_normalized(game, result["return_mean"])
+        result["model"] = self.describe()
         self.last_eval = result
         metrics = {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
         if self.trainer.state.fn == "fit":
@@ -334,7 +429,17 @@ class DramaModule(pl.LightningModule):
             # validate / test: the table is the result; also hand Lightning the numbers.
             for key, value in metrics.items():
                 self.log(key, value, rank_zero_only=True)
-            _print_on_rank_zero("\n" + format_evaluation(result))  # below the progress bar
+        self.print("\n" + format_evaluation(result))  # below the progress bar, on rank 0
+
+    def describe(self) -> str:
+        """One line on which model this is: size, sequence model, acting."""
+        hp, wm = self.hparams, self.world_model
+        millions = sum(p.numel() for p in wm.parameters()) / 1e6
+        return (
+            f"world model {millions:.2f} M parameters (d_model {wm.d_model}, "
+            f"{wm.backbone.n_layers} Mamba-2 layers, {wm.stoch}x{wm.classes} latents), "
+            f"acting {hp.acting}, trained on {int(self.trained_env_steps):,} env steps"
+        )
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -351,8 +456,10 @@ class DramaModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {})
         for key in _ARCHITECTURE_KEYS:
-            if key in saved and _normalise(saved[key]) != _normalise(self.hparams.get(key)):
-                raise ValueError(
+            if key in saved and normalise_hparam(saved[key]) != normalise_hparam(
+                self.hparams.get(key)
+            ):
+                raise ConfigError(
                     f"checkpoint does not fit this model: its model.{key} is {saved[key]!r}, the "
                     f"current config has {self.hparams.get(key)!r}. Use the config the checkpoint "
                     "was trained with (its run directory holds config.yaml) and the same game."
@@ -376,17 +483,12 @@ def _accelerator_rng(device: torch.device) -> dict[str, Any]:
     return {"devices": []}
 
 
-@rank_zero_only
-def _print_on_rank_zero(text: str) -> None:
-    print(text, flush=True)
-
-
-def _normalise(value: Any) -> Any:
+def normalise_hparam(value: Any) -> Any:
     """Config values compare equal whether they came from YAML (lists) or Python (tuples)."""
     if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items() if v is not None} or None
+        return {k: normalise_hparam(v) for k, v in value.items() if v is not None} or None
     if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
+        return [normalise_hparam(v) for v in value]
     return value
 
 
@@ -395,6 +497,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
     mode = "greedy" if result["greedy"] else "sampled"
     lines = [
         f"Evaluation after {result['env_steps']:,} env steps ({mode} actions)",
+        *([f"model: {result['model']}"] if result.get("model") else []),
         f"{'episode':>8} {'return':>10} {'length':>8}",
     ]
     for i, (ret, length) in enumerate(zip(result["returns"], result["lengths"], strict=True)):
@@ -408,8 +511,8 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if result.get("episodes_cut"):
         lines.append(
             f"{int(result['episodes_cut'])} of {len(result['returns'])} episodes reached "
-            f"data.eval_max_steps ({result['max_steps']:,}) and were cut there: their returns"
-            + (", and the score," if result.get("human_normalized") is not None else "")
-            + " are of partial episodes"
+            f"data.eval_max_steps ({result['max_steps']:,}) and were cut there: their returns "
+            "are of partial episodes"
+            + (", so no human-normalised score" if result.get("game") else "")
         )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_drama.checks import ConfigError, check_float, check_int, check_ints
 from lightning_drama.distributions import (
     categorical_entropy,
     categorical_kl,
@@ -104,11 +105,27 @@ class WorldModel(nn.Module):
         zero_reward_init: bool = False,
     ) -> None:
         super().__init__()
-        if num_actions < 1:
-            raise ValueError(f"WorldModel: num_actions must be >= 1, got {num_actions}")
+        where = "model.world_model"
+        check_int("model", "num_actions", num_actions, 1)
+        encoder_channels = check_ints(where, "encoder_channels", encoder_channels)
+        for name, value in (("image_size", image_size), ("stoch", stoch), ("d_model", d_model),
+                            ("n_layers", n_layers), ("d_state", d_state), ("d_conv", d_conv),
+                            ("expand", expand), ("headdim", headdim), ("ngroups", ngroups),
+                            ("chunk_size", chunk_size), ("head_hidden", head_hidden)):  # fmt: skip
+            check_int(where, name, value, 1)
+        check_int(where, "classes", classes, 2)
+        check_int(where, "num_bins", num_bins, 2)
+        check_float(where, "unimix", unimix, minimum=0.0, below=1.0)
+        check_float(where, "dropout", dropout, minimum=0.0, below=1.0)
+        check_float(where, "norm_eps", norm_eps, above=0.0)
+        check_float(where, "bin_range", bin_range, above=0.0)
+        for name, value in (("free_bits", free_bits), ("dyn_scale", dyn_scale),
+                            ("rep_scale", rep_scale)):  # fmt: skip
+            check_float(where, name, value, minimum=0.0)
+        check_float(where, "grad_clip", grad_clip, above=0.0)
         if image_size % 2 ** (len(encoder_channels) - 1):
-            raise ValueError(
-                f"WorldModel: image_size {image_size} must be divisible by "
+            raise ConfigError(
+                f"{where}.image_size {image_size} must be divisible by "
                 f"2^{len(encoder_channels) - 1} (one stride-2 conv per encoder layer but the first)"
             )
         self.num_actions = num_actions

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lightning_drama.cli import main, resolve_config_paths
+from lightning_drama.module import DramaModule
 
 ROOT = Path(__file__).resolve().parent.parent
 # debug.yaml made smaller still: a run is a few seconds.
@@ -83,62 +84,90 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     second = datamodule_state(resumed_dir / "checkpoints" / "last.ckpt")
     assert second["env_steps"] == 120
     assert int(second["replay"]["size"].sum()) == 120  # not 60 + a fresh warm-up
-    # kept writing the same replay files (named by their absolute path once resumed)
-    assert Path(second["replay_dir"]) == Path(first["replay_dir"]).resolve()
+    # went on in its own copy of the replay; the replay of the run it resumed is left as it was
+    assert second["replay_saved_to"] == str(resumed_dir / "replay")
+    assert int(np.load(run_dir / "replay" / "written.npy").sum()) == 60
     # DFS counts kept growing from the checkpoint's: every old count is still there or larger.
     assert torch.all(second["replay"]["n_counts"] >= n_first)
     assert second["replay"]["n_counts"].sum() > n_first.sum()
-    assert not (resumed_dir / "replay").exists()
     # The rows the replay files hold, counted next to them (see ReplayBuffer: a resume drops the
     # rows an interrupted run wrote after its checkpoint).
     assert int(second["replay"]["written"].sum()) == 120
-    assert int(np.load(run_dir / "replay" / "written.npy").sum()) == 120
+    assert int(np.load(resumed_dir / "replay" / "written.npy").sum()) == 120
     # The running episode went on: the first row written after the resume is the frame the
     # checkpoint held, not the first frame of a new episode.
     running = first["collector"]["running"]
-    obs, is_first = (np.load(run_dir / "replay" / f"{k}.npy") for k in ("obs", "is_first"))
+    obs, is_first = (np.load(resumed_dir / "replay" / f"{k}.npy") for k in ("obs", "is_first"))
     np.testing.assert_array_equal(obs[60], running["obs"][0].numpy())
     assert not is_first[60] and not running["is_first"][0]
 
-    # A checkpoint for another action space is refused with a clear message. (Model sizes can't
-    # mismatch: LightningCLI takes the model's hyperparameters from the checkpoint.)
-    with pytest.raises(ValueError, match="model.num_actions is 6, the current config has 4"):
+    # A checkpoint of another game is refused with a clear message, before anything is made.
+    # (Model sizes can't mismatch: the model's hyperparameters come from the checkpoint.)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         run_cli("test", "--config", "debug.yaml", *TINY, "--data.env_id=ALE/Breakout-v5",
                 f"--ckpt_path={last}")  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "was trained on ALE/Pong-v5, not on ALE/Breakout-v5" in capsys.readouterr().err
+    # ... and so is one whose action space differs from its game's (a checkpoint from elsewhere).
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    module = DramaModule(**{**hparams, "num_actions": 4})
+    with pytest.raises(ValueError, match="model.num_actions is 6, the current config has 4"):
+        module.on_load_checkpoint(checkpoint)
 
     capsys.readouterr()
     run_cli("test", "--config", "debug.yaml", *TINY, f"--ckpt_path={last}")
     out = capsys.readouterr()
     table = out.out + out.err
     assert "Evaluation after 60 env steps" in table
-    assert "human-normalised score (Pong)" in table
+    assert "model: world model 0.13 M parameters (d_model 64" in table  # the checkpoint's model
+    # 20-step Pong episodes are cut: their returns are partial, so no human-normalised score.
+    assert "human-normalised score" not in table.replace("so no human-normalised score", "")
+    assert "were cut there: their returns are of partial episodes" in table
     assert table.count("\n       0 ") + table.count("\n       1 ") >= 2  # one row per episode
+    assert sorted(p.name for p in (tmp_path / "runs" / "debug").iterdir()) == [
+        "version_0",
+        "version_1",
+    ]  # an evaluation makes no run directory
+
+
+# A checkpoint every 8 updates (2 optimiser steps each): at 40 env steps, 48, ...
+EVERY_8_UPDATES = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 16, save_top_k: -1, save_last: true}
+"""
 
 
 def test_resume_from_an_older_checkpoint_drops_the_rows_written_after_it(
     tmp_path, monkeypatch, caplog
 ):
+    (tmp_path / "periodic.yaml").write_text(EVERY_8_UPDATES)
     monkeypatch.chdir(tmp_path)
     small = [*TINY, "--data.capacity=50"]
-    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=40")
+    # The run goes on after its checkpoint at 40 env steps to 80: 40 new rows in a 50-row
+    # replay, 30 over old ones.
+    run_cli("fit", "--config", "debug.yaml", *small, "--config=periodic.yaml",
+            "--data.total_env_steps=80")  # fmt: skip
     checkpoints = tmp_path / "runs" / "debug" / "version_0" / "checkpoints"
-    older = checkpoints / "at-40.ckpt"
-    (checkpoints / "last.ckpt").rename(older)
-    # A run from it goes on to 80 env steps: 40 new rows in a 50-row replay, 30 over old ones.
-    run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=80",
-            f"--ckpt_path={older}")  # fmt: skip
-    # Resuming from the older checkpoint again must not take those rows for old data. The 10
-    # rows left are fewer than a window (seq_len 16): 6 random-action steps top them up.
+    older = checkpoints / "epoch=0-step=16.ckpt"
+    assert datamodule_state(older)["env_steps"] == 40
+    # Resuming from the older checkpoint must not take those rows for old data. The 10 rows
+    # left are fewer than a window (seq_len 16): 6 random-action steps top them up.
     with caplog.at_level(logging.WARNING):
         run_cli("fit", "--config", "debug.yaml", *small, "--data.total_env_steps=50",
                 f"--ckpt_path={older}")  # fmt: skip
     assert "wrote [40] rows per stream after this checkpoint, over the [30] oldest" in caplog.text
     assert "[10] rows per env left after the resume" in caplog.text
     assert "collecting 6 steps per env" in caplog.text
-    third = datamodule_state(checkpoints.parent.parent / "version_2" / "checkpoints" / "last.ckpt")
-    assert third["env_steps"] == 50
-    assert int(third["replay"]["size"].sum()) == 40 - 30 + 10
-    assert int(third["replay"]["written"].sum()) == 50
+    second = datamodule_state(checkpoints.parent.parent / "version_1" / "checkpoints" / "last.ckpt")
+    assert second["env_steps"] == 50
+    assert int(second["replay"]["size"].sum()) == 40 - 30 + 10
+    assert int(second["replay"]["written"].sum()) == 50
+    # The rows were dropped in the resumed run's copy; the run's own replay is as it was.
+    assert int(np.load(checkpoints.parent / "replay" / "written.npy").sum()) == 80
 
 
 def test_the_progress_bar_counts_the_updates_to_the_budget(tmp_path, monkeypatch, capsys):
@@ -217,9 +246,11 @@ def test_ddp_two_cpu_processes(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    rank1 = torch.load(run_dir / "replay" / "rank_1" / "state-60.pt", weights_only=True)
+    resumed = tmp_path / "runs" / "debug" / "version_1"  # each rank in its own copy
+    rank1 = torch.load(resumed / "replay" / "rank_1" / "state-60.pt", weights_only=True)
     assert int(rank1["replay"]["size"].sum()) == 60  # 40 restored + 20, no fresh warm-up
     assert rank1["replay"]["n_counts"].sum() > 0
+    assert int(np.load(run_dir / "replay" / "rank_1" / "written.npy").sum()) == 40
 
 
 def _first_update_grad_norms(

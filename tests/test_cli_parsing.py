@@ -25,6 +25,19 @@ def parse_error(capsys, *args: str) -> str:
     return capsys.readouterr().err
 
 
+def user_error(capsys, *args: str) -> str:
+    """The one `error: ...` line of a command whose values are refused: exit code 2, no
+    traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def test_interpolation_in_a_config_file(tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("data:\n  batch_size: 5\n  imagine_batch: ${data.batch_size}\n")
@@ -88,26 +101,111 @@ def test_unknown_actor_critic_key():
     assert "state_dim" not in str(error.value)  # set from the world model
 
 
-def test_unknown_model_key_fails_before_the_environment_probe(monkeypatch):
-    def no_probe(*args, **kwargs):
-        raise AssertionError("the environment was probed before the config was checked")
+def no_probe(*args, **kwargs):
+    raise AssertionError("the environment was probed before the config was checked")
 
+
+def test_unknown_model_key_fails_before_the_environment_probe(monkeypatch, capsys):
     monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
-    with pytest.raises(ValueError, match="model.world_model has no key 'd_modl'"):
-        main(["fit", "--config", "debug.yaml", "--model.world_model.d_modl", "32"])
+    line = user_error(capsys, "fit", "--config", "debug.yaml", "--model.world_model.d_modl", "32")
+    assert line.startswith("error: model.world_model has no key 'd_modl' (did you mean 'd_model'")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model.world_model.d_model=sixty", "model.world_model.d_model must be an integer"),
+        ("--model.actor_critic.gamma=true", "model.actor_critic.gamma must be a number"),
+    ],
+)
+def test_a_wrong_type_in_a_component_fails_before_the_environment_probe(
+    option, message, monkeypatch, capsys
+):
+    monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
+    assert message in user_error(capsys, "fit", "--config", "debug.yaml", option)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--data.batch_size=-2", "data.batch_size must be >= 1, got -2"),
+        ("--data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+        ("--data.imagine_batch=0", "data.imagine_batch must be >= 1, got 0"),
+        ("--data.seq_len=0", "data.seq_len must be >= 2, got 0"),
+        ("--data.capacity=20", "data.warmup_steps (64) must fit in the replay (data.capacity 20)"),
+        ("--data.dfs_tau=0", "data.dfs_tau must be > 0.0"),
+        ("--data.eval_envs=0", "data.eval_envs must be >= 1"),
+        ("--model.wm_lr=-1", "model.wm_lr must be > 0.0"),
+        ("--model.betas=[0.9,1.5]", "model.betas must be < 1.0"),
+        ("--model.acting=prior", "model.acting must be one of 'reference', 'posterior'"),
+        ("--model.world_model.d_model=0", "model.world_model.d_model must be >= 1"),
+        ("--model.world_model.dropout=1.5", "model.world_model.dropout must be < 1.0"),
+        ("--model.world_model.headdim=48", "is not divisible by headdim 48"),
+        ("--model.actor_critic.gamma=1.5", "model.actor_critic.gamma must be <= 1.0"),
+        ("--model.actor_critic.reward_timing=late", "model.actor_critic.reward_timing must be"),
+        ("--data.env_id=ALE/Breakot-v5", "unknown Atari env 'ALE/Breakot-v5'"),
+    ],
+)
+def test_bad_values_end_in_one_error_line_and_no_run_directory(
+    option, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert message in user_error(capsys, "fit", "--config", "debug.yaml", option)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_abbreviated_options_are_refused(capsys):
+    err = parse_error(capsys, "fit", "--config", "debug.yaml", "--trainer.max_epoch", "3")
+    assert "unrecognized arguments: --trainer.max_epoch 3" in err
+
+
+def test_a_second_config_merges_into_the_component_dicts(capsys):
+    printed = print_config(
+        capsys, "fit", "--config", "debug.yaml", "--config", "atari_improved.yaml"
+    )
+    world_model, actor_critic = printed["model"]["world_model"], printed["model"]["actor_critic"]
+    assert world_model["d_model"] == 64 and world_model["dropout"] == 0.1  # debug's + overlay's
+    assert world_model["norm_eps"] == 1e-6 and actor_critic["critic_hidden"] == 64
+    assert actor_critic["reward_timing"] == "outcome" and actor_critic["return_bootstrap"] == "next"
+    assert printed["model"]["acting"] == "posterior" and printed["model"]["wm_lr"] == 1e-3
+
+
+def test_the_atari_config_is_the_reference_behaviour(capsys):
+    printed = print_config(capsys, "fit", "--config", "atari.yaml")
+    model, data = printed["model"], printed["data"]
+    assert model["world_model"]["dropout"] == 0.0 and model["world_model"]["norm_eps"] == 1e-5
+    assert model["weight_decay"] == 0.0 and model["acting"] == "reference"
+    assert model["acting_context"] == 16 and model["eval_greedy"] is True
+    assert model["actor_critic"]["reward_timing"] == "reference"
+    assert model["actor_critic"]["return_bootstrap"] == "reference"
+    assert data["eval_episodes"] == 100 and data["warmup_steps"] == 1032
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
-def test_a_missing_checkpoint_fails_before_anything_is_made(subcommand, tmp_path, monkeypatch):
+def test_a_missing_checkpoint_fails_before_anything_is_made(
+    subcommand, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
-
-    def no_probe(*args, **kwargs):
-        raise AssertionError("the environment was probed before the checkpoint was checked")
-
     monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
-    with pytest.raises(FileNotFoundError, match="--ckpt_path nowhere/last.ckpt does not exist"):
-        main([subcommand, "--config", "debug.yaml", "--ckpt_path", "nowhere/last.ckpt"])
+    line = user_error(capsys, subcommand, "--config", "debug.yaml", "--ckpt_path", "nowhere/x.ckpt")
+    assert line == "error: --ckpt_path nowhere/x.ckpt does not exist"
     assert not (tmp_path / "runs").exists()  # no run directory left behind
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04garbage" * 100])
+def test_a_file_that_is_not_a_checkpoint_is_refused(content, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lightning_drama.data.datamodule.make_env", no_probe)
+    (tmp_path / "bad.ckpt").write_bytes(content)
+    line = user_error(capsys, "fit", "--config", "debug.yaml", "--ckpt_path", "bad.ckpt")
+    assert line.startswith("error: --ckpt_path bad.ckpt is not a checkpoint of lightning_drama")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ckpt_path_last_without_a_run_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = user_error(capsys, "fit", "--config", "debug.yaml", "--ckpt_path", "last")
+    assert "this experiment has no run with a last.ckpt yet" in line
 
 
 def test_checkpoint_names_and_urls_are_left_to_lightning():

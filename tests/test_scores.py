@@ -81,15 +81,38 @@ def test_the_evaluation_table_says_when_episodes_were_cut():
         "env_steps": 340,
         "max_steps": 200,
         "episodes_cut": 1.0,
-        "human_normalized": 0.01,
+        "model": "world model 0.13 M parameters",
     }
     table = format_evaluation(result)
     assert table.splitlines()[0] == "Evaluation after 340 env steps (sampled actions)"
+    assert table.splitlines()[1] == "model: world model 0.13 M parameters"
     assert table.splitlines()[-1] == (
-        "1 of 2 episodes reached data.eval_max_steps (200) and were cut there: their returns, "
-        "and the score, are of partial episodes"
+        "1 of 2 episodes reached data.eval_max_steps (200) and were cut there: their returns "
+        "are of partial episodes, so no human-normalised score"
     )
-    assert "cut" not in format_evaluation({**result, "episodes_cut": 0.0})
+    whole = format_evaluation({**result, "episodes_cut": 0.0, "human_normalized": 0.01})
+    assert "cut" not in whole and whole.splitlines()[-1] == "human-normalised score (Pong): 1.0 %"
+
+
+def test_cut_episodes_get_no_human_normalised_score(tmp_path, monkeypatch):
+    # The module computes the score only from whole episodes.
+    import torch
+
+    from lightning_drama.module import DramaModule
+
+    module = DramaModule(6, world_model={"d_model": 32, "headdim": 16, "stoch": 4, "classes": 4})
+    datamodule = type("DM", (), {"env_id": "ALE/Pong-v5", "eval_max_steps": 200})()
+    trainer = type("T", (), {"datamodule": datamodule, "state": type("S", (), {"fn": "test"})(),
+                             "is_global_zero": True, "progress_bar_callback": None})()  # fmt: skip
+    monkeypatch.setattr(DramaModule, "trainer", property(lambda self: trainer))
+    monkeypatch.setattr(DramaModule, "log", lambda self, *a, **k: None)
+    for cut in (1.0, 0.0):
+        module.eval_returns.update(torch.tensor([-3.0]))
+        module.eval_lengths.update(torch.tensor([200.0]))
+        module.eval_cut.update(torch.tensor([cut]))
+        module._finish_evaluation()
+        assert ("human_normalized" in module.last_eval) == (cut == 0.0)
+    assert module.last_eval["human_normalized"] == 0.5  # (-3 + 21) / 36
 
 
 class _EndsAfter:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -23,11 +24,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_drama.checks import ConfigError, check_choice, check_float, check_int
 from lightning_drama.data.collector import Collector, Policy
-from lightning_drama.data.replay import SAMPLING_MODES, ReplayBuffer
+from lightning_drama.data.replay import SAMPLING_MODES, ReplayBuffer, ReplayFileError, copy_files
 from lightning_drama.envs import make_env
 
 log = logging.getLogger(__name__)
@@ -117,7 +120,9 @@ class DramaDataModule(pl.LightningDataModule):
         replay_dir: where the replay arrays live, as memory-mapped ``.npy`` files. ``None``
             (default): ``<run directory>/replay`` when a Trainer with a logger is attached (so a
             checkpoint only has to flush them), in RAM otherwise; ``"memory"``: always in RAM
-            (each checkpoint then writes the arrays to ``<run directory>/replay``).
+            (each checkpoint then writes the arrays to ``<run directory>/replay``). A resumed
+            run starts from a copy of the replay of the checkpoint it resumes and writes only
+            into its own.
         asynchronous_envs: step several envs in subprocesses instead of in turn.
         eval_episodes: episodes per ``validate`` / ``test`` run (and per evaluation during fit);
             the reference's eval.py plays 100.
@@ -155,30 +160,46 @@ class DramaDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLING_MODES}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if env_steps_per_update < 1:
-            raise ValueError(f"env_steps_per_update must be >= 1, got {env_steps_per_update}")
+        check_choice("data", "sampling", sampling, SAMPLING_MODES)
+        if not isinstance(env_id, str) or not env_id:
+            raise ConfigError(f"data.env_id must be a non-empty string, got {env_id!r}")
+        counts = dict(num_envs=num_envs, capacity=capacity, warmup_steps=warmup_steps,
+                      total_env_steps=total_env_steps, env_steps_per_update=env_steps_per_update,
+                      batch_size=batch_size, imagine_batch=imagine_batch,
+                      imagine_context=imagine_context, eval_episodes=eval_episodes,
+                      eval_envs=eval_envs, eval_max_steps=eval_max_steps)  # fmt: skip
+        for name, value in counts.items():
+            check_int("data", name, value, 1)
+        # One step of dynamics needs two rows: the KL compares a step's prior with the next.
+        check_int("data", "seq_len", seq_len, 2)
+        check_int("data", "eval_seed", eval_seed, 0)
+        if seed is not None:
+            check_int("data", "seed", seed, 0)
+        check_float("data", "dfs_tau", dfs_tau, above=0.0)
+        check_float("data", "imagine_tau", imagine_tau, above=0.0)
         if total_env_steps <= warmup_steps:
-            raise ValueError(
-                f"total_env_steps ({total_env_steps}) must be larger than warmup_steps "
+            raise ConfigError(
+                f"data.total_env_steps ({total_env_steps}) must be larger than data.warmup_steps "
                 f"({warmup_steps}): the budget counts the warm-up's random-action steps too"
+            )
+        if warmup_steps > capacity:
+            raise ConfigError(
+                f"data.warmup_steps ({warmup_steps}) must fit in the replay (data.capacity "
+                f"{capacity}): the warm-up's rows would overwrite each other"
             )
         stream_capacity = capacity // num_envs
         longest = max(seq_len, imagine_context)
         if longest > stream_capacity:
-            raise ValueError(
-                f"seq_len ({seq_len}) and imagine_context ({imagine_context}) must fit in the "
-                f"replay: "
-                f"capacity {capacity} / num_envs {num_envs} = {stream_capacity} rows per env"
+            raise ConfigError(
+                f"data.seq_len ({seq_len}) and data.imagine_context ({imagine_context}) must fit "
+                f"in the replay: data.capacity {capacity} / data.num_envs {num_envs} = "
+                f"{stream_capacity} rows per env"
             )
         if warmup_steps // num_envs < longest:
-            raise ValueError(
-                f"warmup_steps ({warmup_steps}) must give every env at least "
+            raise ConfigError(
+                f"data.warmup_steps ({warmup_steps}) must give every env at least "
                 f"max(seq_len, imagine_context) = {longest} steps to sample the first batch; "
-                f"raise warmup_steps to at least {longest * num_envs}"
+                f"raise it to at least {longest * num_envs}"
             )
         self.env_id = env_id
         self.num_envs = num_envs
@@ -197,11 +218,6 @@ class DramaDataModule(pl.LightningDataModule):
         self.env_options = dict(env_options or {})
         self.replay_dir = replay_dir
         self.asynchronous_envs = asynchronous_envs
-        if eval_episodes < 1 or eval_max_steps < 1 or eval_envs < 1:
-            raise ValueError(
-                f"eval_episodes ({eval_episodes}), eval_envs ({eval_envs}) and eval_max_steps "
-                f"({eval_max_steps}) must be >= 1"
-            )
         self.eval_episodes = eval_episodes
         self.eval_envs = eval_envs
         self.eval_max_steps = eval_max_steps
@@ -242,8 +258,9 @@ class DramaDataModule(pl.LightningDataModule):
         """Build the replay, envs and collector and prefill the warm-up (for ``fit``).
 
         When the run resumes from a checkpoint (``resume_from`` set by the CLI, or
-        ``trainer.ckpt_path``), the replay files of that run are reopened instead and no warm-up
-        is collected. ``validate`` / ``test`` only need the evaluation envs, made per episode.
+        ``trainer.ckpt_path``), the replay files of that checkpoint are copied into this run's
+        replay directory (or read into RAM) instead, and no warm-up is collected. ``validate`` /
+        ``test`` only need the evaluation envs, made per episode.
         """
         if stage not in (None, "fit") or self.replay is not None:
             return
@@ -253,17 +270,15 @@ class DramaDataModule(pl.LightningDataModule):
             self._pending_state = self._state_from_checkpoint()
         resume = self._pending_state
         if resume is None and self.total_env_steps <= self.warmup_steps * self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"total_env_steps ({self.total_env_steps}) must be larger than the warm-up of "
                 f"all {self.world_size} processes ({self.world_size} x {self.warmup_steps})"
             )
         rank = self.rank
         seed = self.base_seed + rank * self.num_envs
-        reopen = resume is not None and resume.get("replay_dir") is not None
-        if reopen:
-            replay_dir = self._saved_replay_dir(resume) or self._rank_path(resume["replay_dir"])
-        else:
-            replay_dir = self._new_replay_dir()
+        replay_dir, copied = self._new_replay_dir(), False
+        if resume is not None and replay_dir is not None:
+            copied = self._copy_checkpoint_replay(resume, replay_dir)
         self.replay = ReplayBuffer(
             self.capacity,
             num_streams=self.num_envs,
@@ -273,7 +288,7 @@ class DramaDataModule(pl.LightningDataModule):
             imagine_count_scale=self.batch_size / self.imagine_batch,
             seed=seed,
             directory=replay_dir,
-            reopen=reopen,
+            reopen=copied,
         )
         where = f"memory-mapped in {replay_dir}" if replay_dir else "in RAM"
         rank_zero_info(
@@ -285,7 +300,7 @@ class DramaDataModule(pl.LightningDataModule):
             [env_fn] * self.num_envs, self.replay, seed=seed, asynchronous=self.asynchronous_envs
         )
         if resume is not None:  # restored before setup: no warm-up to redo
-            self._apply_state(resume)
+            self._apply_state(resume, frames_in_files=copied)
             self._pending_state = None
         else:
             self.collector.collect(self.warmup_steps, policy=None)
@@ -328,19 +343,85 @@ class DramaDataModule(pl.LightningDataModule):
 
     def _own_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint holds rank 0's state; other DDP ranks read theirs next to their replay."""
+        self._check_world_size(state)
         saved_to = self._saved_replay_dir(state)
         if self.world_size > 1 and self.rank > 0 and saved_to:
             own = os.path.join(saved_to, f"state-{state['env_steps']}.pt")
             state = torch.load(own, map_location="cpu", weights_only=True)
         return state
 
+    def _check_world_size(self, state: dict[str, Any]) -> None:
+        """Every DDP process has its own replay and env-step count, and the checkpoint holds rank
+        0's: only a run of as many processes can take them over."""
+        saved = state.get("world_size")
+        if saved is None:  # a checkpoint from before the count: DDP replays were in rank_K/
+            ddp = os.path.basename(state.get("replay_saved_to") or "") == "rank_0"
+            if ddp == (self.world_size > 1):
+                return
+            saved = "several" if ddp else 1
+        elif saved == self.world_size:
+            return
+        checkpoint = f" {self._checkpoint_path}" if self._checkpoint_path else ""
+        raise ConfigError(
+            f"the checkpoint{checkpoint} was written by a run of {saved} "
+            f"process{'' if saved == 1 else 'es'}, this run has {self.world_size}: each process "
+            "kept its own replay and env-step count, which a run of another size cannot take "
+            "over. Resume with as many processes as that run had (--trainer.devices and "
+            "--trainer.num_nodes, with its --trainer.strategy; see config.yaml in its run "
+            "directory)"
+        )
+
+    def _copy_checkpoint_replay(self, state: dict[str, Any], destination: str) -> bool:
+        """Copy the replay files of the checkpoint being resumed into ``destination``, this run's
+        replay directory; False when the checkpoint saved no frames.
+
+        The resumed run then writes only into its copy, never into a replay that a checkpoint
+        still needs (those of the run it continues, or of a sibling run resumed from the same
+        checkpoint): each run directory holds the replay its checkpoints name.
+        """
+        source = self._checkpoint_frames(state)
+        if source is None:
+            return False
+        if os.path.isdir(destination) and os.path.samefile(source, destination):
+            checkpoints = os.path.dirname(os.path.realpath(self._checkpoint_path or ""))
+            if self._run_dir and os.path.dirname(checkpoints) == os.path.realpath(self._run_dir):
+                return True  # the run goes on in its own directory (a logger with a fixed version)
+            raise ConfigError(
+                f"data.replay_dir {destination} holds the replay of the checkpoint being resumed: "
+                "this run would write into it, and that checkpoint (or another run resumed from "
+                "it) would then read this run's frames. Give this run another --data.replay_dir "
+                "(it starts with a copy of those files), or leave it unset to keep the replay in "
+                "the run directory"
+            )
+        start = time.perf_counter()
+        nbytes = copy_files(source, destination, self.capacity, self.num_envs)
+        rank_zero_info(
+            f"Replay: copied {source} to {os.path.abspath(destination)} ({nbytes / 2**20:,.0f} MiB "
+            f"in {time.perf_counter() - start:.1f} s); this run writes only into its copy"
+        )
+        return True
+
+    def _checkpoint_frames(self, state: dict[str, Any]) -> str | None:
+        """The directory with this process's replay frames of a checkpoint's state; None when
+        it saved none (an in-RAM replay without a run directory)."""
+        saved_to = self._saved_replay_dir(state)
+        if saved_to is None or os.path.isdir(saved_to):
+            return saved_to
+        if int(state["replay"]["size"].sum()) == 0:
+            return None
+        raise ReplayFileError(
+            f"the replay frames of this checkpoint are missing (saved to {saved_to}): keep the "
+            "run's replay/ directory with its checkpoints, or start a new run"
+        )
+
     def _saved_replay_dir(self, state: dict[str, Any]) -> str | None:
         """This process's replay files of the checkpoint being resumed.
 
         A checkpoint in ``<run dir>/checkpoints/`` names its replay by its place relative to
-        ``<run dir>`` (``replay``, or ``../version_0/replay`` for a resumed run), so a copied or
-        moved run, or one resumed from another working directory, reads and writes its own
-        frames. Otherwise, or if they are not there, the absolute path the replay was saved to.
+        ``<run dir>`` (``replay``; ``../version_0/replay`` for a run resumed before resumed runs
+        had their own copy), so a copied or moved run, or one resumed from another working
+        directory, reads its own frames. Otherwise, or if they are not there, the absolute path
+        the replay was saved to.
         """
         relative, path = state.get("replay_in_run"), self._checkpoint_path
         if relative and path:
@@ -351,9 +432,9 @@ class DramaDataModule(pl.LightningDataModule):
             if state.get("replay_saved_to") and not self._warned_replay_elsewhere:
                 self._warned_replay_elsewhere = True
                 log.warning(
-                    "replay: no %s next to the checkpoint's run directory; reopening %s, where the "
-                    "replay was saved (a resumed run keeps writing the replay of the run it "
-                    "continues: copy or move the two run directories together)",
+                    "replay: no %s next to the checkpoint's run directory; reading %s, where the "
+                    "replay was saved (copy or move a run directory together with its replay/, "
+                    "and with the run directory whose replay it names)",
                     relative, self._rank_path(state["replay_saved_to"]),
                 )  # fmt: skip
         saved_to = state.get("replay_saved_to")
@@ -406,12 +487,14 @@ class DramaDataModule(pl.LightningDataModule):
         return self.env_steps_all_processes >= self.total_env_steps
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, DFS counts and RNG states, and where the replay frames are.
+        """Counters, DFS counts and RNG states, where the replay frames are, and the number of
+        processes (a checkpoint resumes only with as many).
 
         The frames are not put into the checkpoint: a memory-mapped replay (the default under a
-        Trainer) is flushed in place, an in-RAM one is written to ``<run directory>/replay``.
-        Under DDP every rank also writes its own state next to its replay, since the checkpoint
-        only holds rank 0's.
+        Trainer) is flushed in place, an in-RAM one is written to ``<run directory>/replay``
+        (see ``ReplayBuffer.save``: a save killed midway leaves the previous checkpoint
+        resumable). Under DDP every rank also writes its own state next to its replay, since the
+        checkpoint only holds rank 0's.
         """
         if self.replay is None:
             return dict(self._pending_state or {})
@@ -433,6 +516,7 @@ class DramaDataModule(pl.LightningDataModule):
             "replay_saved_to": saved_to,
             "replay_in_run": in_run,
             "env_steps": self.env_steps,
+            "world_size": self.world_size,
         }
         if saved_to is not None and self.world_size > 1:
             torch.save(state, os.path.join(saved_to, f"state-{self.env_steps}.pt"))
@@ -441,6 +525,8 @@ class DramaDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        if self.trainer is not None and self.trainer.state.fn not in (None, TrainerFn.FITTING):
+            return  # validate / test play fresh episodes: neither replay nor counters are used
         state_dict = self._own_state(state_dict)
         if self.replay is None:
             self._pending_state = state_dict
@@ -449,17 +535,14 @@ class DramaDataModule(pl.LightningDataModule):
         else:
             self._apply_state(state_dict)
 
-    def _apply_state(self, state: dict[str, Any]) -> None:
+    def _apply_state(self, state: dict[str, Any], frames_in_files: bool = False) -> None:
+        """Restore ``state``; ``frames_in_files``: the replay's files are those of the state
+        already (setup copied them), else its frames are read from where they were saved."""
         self.replay.load_state_dict(state["replay"])
         self.collector.load_state_dict(state["collector"])
-        saved_to = self._saved_replay_dir(state)
-        if saved_to is not None and os.path.isdir(saved_to):
-            self.replay.load(saved_to)  # no copy when it is the same memmap
-        elif saved_to is not None and int(self.replay.size.sum()) > 0:
-            raise FileNotFoundError(
-                f"the replay frames of this checkpoint are missing (saved to {saved_to}): keep "
-                "the run's replay/ directory with its checkpoints, or start a new run"
-            )
+        frames = None if frames_in_files else self._checkpoint_frames(state)
+        if frames is not None:
+            self.replay.load(frames)
         self._restored = state.get("env_steps")
         self._top_up_after_resume()
 

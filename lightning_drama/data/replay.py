@@ -18,20 +18,31 @@ DFS (Drama, section "Dynamic Frequency-Based Sampling" of DESIGN.md) keeps per r
 Only start indices are counted; overwriting a row resets its counts. Draws are without replacement
 (Gumbel-top-k), falling back to with replacement while fewer valid starts exist than requested.
 
-A memory-mapped replay also keeps, in ``written.npy``, how many rows each stream has written. A run
-resumed from a checkpoint reopens the files the interrupted run went on writing after that
-checkpoint; the count tells how many rows it wrote, and the rows of the checkpoint's replay they
-overwrote (the oldest ones, once a stream wraps) are dropped instead of being sampled as if they
-were older than the checkpoint.
+Next to the arrays, ``written.npy`` counts the rows each stream has written: a memory-mapped
+replay updates it with every row, :meth:`ReplayBuffer.save` writes it with the arrays. The files
+of a checkpoint may hold rows written after it (the run went on, or died while saving its next
+checkpoint); the count tells how many, and the rows of the checkpoint's replay they overwrote
+(the oldest ones, once a stream wraps) are dropped instead of being sampled as if they were older
+than the checkpoint.
+
+The files are trusted only as far as they can be checked: before a file is opened, its header must
+give the expected dtype and shape and its size must be what they imply (numpy maps a file cut
+short anyway, reading zeros past its end, and in mode ``r+`` extends it with them). A save writes
+each file whole or not at all (a temporary file, synced, renamed), and a resumed run writes into
+a copy (:func:`copy_files`), never into the files of the checkpoint it resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import shutil
+from collections.abc import Callable
+from typing import IO, Any
 
 import numpy as np
+
+from lightning_drama.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,25 @@ FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
     "truncated": (np.bool_, ()),
     "is_first": (np.bool_, ()),
 }
+WRITTEN = "written"  # <directory>/written.npy: rows written per stream, [streams] int64
+# What a damaged or missing replay file leaves a user to do.
+REMEDY = (
+    "restore the run's replay/ directory (from a backup, or the copy the run directory was made "
+    "from), resume from another checkpoint whose replay is whole, or start a new run"
+)
+
+
+class ReplayFileError(ConfigError):
+    """A replay file is missing, damaged, or not the one a checkpoint expects (the CLI reports
+    it as one `error:` line)."""
+
+
+def replay_files(capacity: int, num_streams: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Field (and ``written``) -> (dtype, shape) of the ``<field>.npy`` files of such a buffer."""
+    rows = (capacity // num_streams) * num_streams  # capacity % num_streams rows stay unused
+    files = {key: (np.dtype(dtype), (rows, *shape)) for key, (dtype, shape) in FIELDS.items()}
+    files[WRITTEN] = (np.dtype(np.int64), (num_streams,))
+    return files
 
 
 class ReplayBuffer:
@@ -61,7 +91,8 @@ class ReplayBuffer:
         seed: seed of the sampling RNG.
         directory: when set, the arrays are memory-mapped ``.npy`` files in this directory.
         reopen: with ``directory``, open the existing files there (resuming a run) instead of
-            creating new ones; their shapes must match.
+            creating new ones; each must have the expected dtype, shape and size, or a
+            :class:`ReplayFileError` names it.
     """
 
     def __init__(
@@ -284,13 +315,14 @@ class ReplayBuffer:
         if "written" in state:  # checkpoints from before the count have none
             self.written[:] = state["written"]
             if self._written_on_disk is not None:
-                self._drop_rows_written_after_checkpoint()
+                self._drop_rows_written_after_checkpoint(np.array(self._written_on_disk))
+                self._written_on_disk[:] = self.written
 
-    def _drop_rows_written_after_checkpoint(self) -> None:
-        """Reopened files may hold rows the interrupted run wrote after the checkpoint being
-        restored: first into the free rows of a stream, then over its oldest valid rows. Those
-        oldest rows are no longer what the checkpoint saw, so they leave the valid range."""
-        on_disk = np.asarray(self._written_on_disk)
+    def _drop_rows_written_after_checkpoint(self, on_disk: np.ndarray) -> None:
+        """Files with ``on_disk`` rows written per stream ([streams], -1: unknown) may hold rows
+        written after the checkpoint being restored: first into the free rows of a stream, then
+        over its oldest valid rows. Those oldest rows are no longer what the checkpoint saw, so
+        they leave the valid range."""
         after = np.where(on_disk >= 0, on_disk - self.written, 0).clip(min=0)  # [streams]
         lost = np.clip(after - (self.stream_capacity - self.size), 0, self.size)
         if lost.any():
@@ -300,60 +332,146 @@ class ReplayBuffer:
                 after.tolist(), lost.tolist(),
             )  # fmt: skip
         self.size -= lost
-        self._written_on_disk[:] = self.written
 
     def save(self, path: str) -> None:
-        """Write the stored arrays as ``<path>/<field>.npy`` (counters go in :meth:`state_dict`)."""
+        """Write the stored arrays as ``<path>/<field>.npy`` and the rows written per stream as
+        ``<path>/written.npy`` (the other counters go in :meth:`state_dict`).
+
+        A memory-mapped buffer saving into its own files only flushes them. Otherwise each file
+        is written whole or not at all (see `_write_atomically`), so a save killed midway leaves
+        whole files, some of this save and the others of the previous one. The counts go first:
+        with them on disk, a run resumed from the previous checkpoint knows which rows the newer
+        files may have changed, and drops them (see :meth:`load`); every other row is the same in
+        both saves.
+        """
         os.makedirs(path, exist_ok=True)
-        for key, array in self.data.items():
+        written = self.written if self._written_on_disk is None else self._written_on_disk
+        for key, array in {WRITTEN: written, **self.data}.items():  # the counts first
             if isinstance(array, np.memmap) and _same_file(array.filename, path, key):
                 array.flush()
-            else:
-                np.save(os.path.join(path, f"{key}.npy"), array)
-        if self._written_on_disk is not None:
-            self._written_on_disk.flush()
+                continue
+
+            def write(f: IO[bytes], array: np.ndarray = array) -> None:
+                np.lib.format.write_array(f, array, allow_pickle=False)
+
+            _write_atomically(os.path.join(path, f"{key}.npy"), write)
+        _sync_directory(path)
 
     def load(self, path: str) -> None:
-        """Read arrays written by :meth:`save` into this buffer (same capacity and streams)."""
-        for key, array in self.data.items():
+        """Read the files of a saved replay (:meth:`save`, or the directory of a memory-mapped
+        buffer) into this buffer, after :meth:`load_state_dict` restored the checkpoint they go
+        with; they must be of a buffer of the same capacity and streams.
+
+        Every file is checked before any is read (a :class:`ReplayFileError` names a missing or
+        damaged one). As on reopening, the rows the files hold beyond the checkpoint's count
+        (written after it) are not used, and the oldest rows they went over are dropped.
+        """
+        files = replay_files(self.capacity, self.num_streams)
+        to_read = {}
+        for key in files:
             file = os.path.join(path, f"{key}.npy")
-            if isinstance(array, np.memmap) and _same_file(array.filename, path, key):
-                continue
-            saved = np.load(file, mmap_mode="r")
-            if saved.shape != array.shape or saved.dtype != array.dtype:
-                raise ValueError(
-                    f"{file} holds {saved.dtype} {saved.shape}, this buffer {array.dtype} "
-                    f"{array.shape}: load into a buffer with the same capacity and num_streams"
-                )
-            array[:] = saved
+            mine = self._written_on_disk if key == WRITTEN else self.data[key]
+            if isinstance(mine, np.memmap) and _same_file(mine.filename, path, key):
+                continue  # this buffer's own file
+            if key == WRITTEN and not os.path.exists(file):
+                continue  # a replay saved before the count: all its rows are kept
+            to_read[key] = file
+        for key, file in to_read.items():
+            _check_file(file, *files[key])
+        for key, file in to_read.items():
+            if key == WRITTEN:
+                self._drop_rows_written_after_checkpoint(np.load(file))
+            else:
+                self.data[key][:] = np.load(file, mmap_mode="r")
+
+
+def copy_files(source: str, destination: str, capacity: int, num_streams: int) -> int:
+    """Copy the replay files of ``source`` into ``destination``; returns the bytes copied.
+
+    Every file is checked before any is copied (:class:`ReplayFileError`), and each copy is
+    written whole or not at all. ``written.npy`` goes last: a run still writing ``source`` counts
+    a row before it writes it, so the count copied covers every row in the frames copied.
+    """
+    files = replay_files(capacity, num_streams)
+    paths = {key: os.path.join(source, f"{key}.npy") for key in files}
+    if not os.path.exists(paths[WRITTEN]):  # a replay from before the count: all rows kept
+        del paths[WRITTEN]
+    for key, path in paths.items():
+        _check_file(path, *files[key])
+    os.makedirs(destination, exist_ok=True)
+    for key, path in paths.items():
+
+        def copy(f: IO[bytes], path: str = path) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, 16 * 2**20)
+
+        _write_atomically(os.path.join(destination, f"{key}.npy"), copy)
+    _sync_directory(destination)
+    return sum(os.path.getsize(path) for path in paths.values())
+
+
+def _check_file(path: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """Raise a :class:`ReplayFileError` naming ``path`` unless it is a ``.npy`` file of ``dtype``
+    and ``shape`` with exactly the bytes they take (a file cut short, or appended to, is not what
+    was saved)."""
+    if not os.path.isfile(path):
+        raise ReplayFileError(f"replay file {path} is missing; {REMEDY}")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(f)
+            data_start = f.tell()
+    except ValueError as error:
+        raise ReplayFileError(
+            f"replay file {path} is not a readable .npy file ({error}); {REMEDY}"
+        ) from None
+    if found_dtype != dtype or found_shape != shape or fortran:
+        order = " (Fortran order)" if fortran else ""
+        raise ReplayFileError(
+            f"replay file {path} holds {found_dtype} {found_shape}{order}, expected {dtype} "
+            f"{shape}: resume with the same data.num_envs and data.capacity as the original run"
+        )
+    size, expected = os.path.getsize(path), data_start + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        raise ReplayFileError(
+            f"replay file {path} has {size:,} bytes where its header ({dtype} {shape}) needs "
+            f"{expected:,}: it was cut short or changed after it was written; {REMEDY}"
+        )
+
+
+def _write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``<path>.tmp`` beside it, synced to disk and renamed over ``path``:
+    a process killed meanwhile leaves the old ``path`` whole (and a stray ``.tmp`` file)."""
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _sync_directory(path: str) -> None:
+    """Make the renames in directory ``path`` durable (they live in the directory's entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _reopen(path: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"replay file {path} is missing: the replay of the run being resumed lives next to its "
-            "checkpoint (the run's replay/ directory); restore that directory or start a new run"
-        )
-    array = np.load(path, mmap_mode="r+")
-    if array.shape != shape or array.dtype != np.dtype(dtype):
-        raise ValueError(
-            f"{path} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}: "
-            "resume with the same data.capacity and data.num_envs as the original run"
-        )
-    return array
+    _check_file(path, np.dtype(dtype), shape)
+    return np.load(path, mmap_mode="r+")
 
 
 def _written_file(directory: str, reopen: bool, num_streams: int) -> np.ndarray:
     """The memory-mapped per-stream row count ``<directory>/written.npy``: [streams] int64."""
-    path = os.path.join(directory, "written.npy")
+    path = os.path.join(directory, f"{WRITTEN}.npy")
     if reopen and os.path.exists(path):
-        counts = np.load(path, mmap_mode="r+")
-        if counts.shape != (num_streams,) or counts.dtype != np.int64:
-            raise ValueError(
-                f"{path} holds {counts.dtype} {counts.shape}, expected int64 ({num_streams},): "
-                "resume with the same data.num_envs as the original run"
-            )
-        return counts
+        return _reopen(path, np.int64, (num_streams,))
     counts = np.lib.format.open_memmap(path, "w+", np.int64, (num_streams,))
     counts[:] = -1 if reopen else 0  # reopening a replay from before the count: unknown
     return counts

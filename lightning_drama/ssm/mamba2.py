@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_drama.checks import ConfigError
 from lightning_drama.ssm import kernels
 from lightning_drama.ssm.norm import GatedRMSNorm, RMSNorm
 from lightning_drama.ssm.ssd import ssd_scan, ssd_step
@@ -70,15 +71,15 @@ class Mamba2(nn.Module):
         super().__init__()
         d_inner = expand * d_model
         if d_inner % headdim:
-            raise ValueError(
+            raise ConfigError(
                 f"Mamba2: d_inner = expand * d_model = {expand} * {d_model} = {d_inner} is not "
                 f"divisible by headdim {headdim}"
             )
         nheads = d_inner // headdim
         if nheads % ngroups:
-            raise ValueError(f"Mamba2: heads ({nheads}) not divisible by ngroups ({ngroups})")
+            raise ConfigError(f"Mamba2: heads ({nheads}) not divisible by ngroups ({ngroups})")
         if d_conv < 1:
-            raise ValueError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
+            raise ConfigError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, nheads, ngroups
         self.chunk_size = chunk_size
@@ -253,7 +254,7 @@ class Mamba2Backbone(nn.Module):
     ) -> None:
         super().__init__()
         if n_layers < 1:
-            raise ValueError(f"Mamba2Backbone: n_layers must be >= 1, got {n_layers}")
+            raise ConfigError(f"Mamba2Backbone: n_layers must be >= 1, got {n_layers}")
         self.d_model = d_model
         self.n_layers = n_layers
         self.norms = nn.ModuleList(RMSNorm(d_model, eps=norm_eps) for _ in range(n_layers))
