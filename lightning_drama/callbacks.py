@@ -27,7 +27,7 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 # Seconds per env step of the paper-size agent on our 2-core CPUs (README, Performance): fp32
 # and bf16-mixed, fastest and slowest VM measured.
-CPU_SECONDS_PER_STEP = {"fp32": (9.8, 13.9), "bf16": (5.5, 6.7)}
+CPU_SECONDS_PER_STEP = {"fp32": (10.0, 20.0), "bf16": (5.5, 6.7)}
 
 
 def cpu_cost_note(trainer: pl.Trainer, pl_module: pl.LightningModule, steps_left: int) -> str:

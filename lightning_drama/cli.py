@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_drama.allocator import keep_freed_memory
+from lightning_drama.allocator import tune_malloc
 from lightning_drama.callbacks import DramaProgressBar
 from lightning_drama.checks import ConfigError
 from lightning_drama.data import DramaDataModule
@@ -387,8 +387,6 @@ def _relative_interpolation(key: str, value: str) -> str:
 
 
 def main(args: list[str] | None = None) -> DramaCLI:
-    if os.environ.get("DRAMA_MALLOC_TUNING", "1") != "0":
-        keep_freed_memory()  # ~1.6x faster CPU updates; DRAMA_MALLOC_TUNING=0 turns it off
     if args is None:  # from the command line: rewrite sys.argv so LightningCLI parses it as usual
         sys.argv[1:] = relative_interpolations(
             merge_config_dicts(resolve_config_paths(sys.argv[1:]))
@@ -402,6 +400,7 @@ def main(args: list[str] | None = None) -> DramaCLI:
     # No abbreviated options: argparse would take `--trainer.max_epoch` for `max_epochs`.
     no_abbrev = {"allow_abbrev": False}
     try:
+        tune_malloc()  # faster CPU updates, bounded memory (DRAMA_MALLOC_TUNING chooses)
         return DramaCLI(
             DramaModule,
             DramaDataModule,

@@ -28,7 +28,22 @@ from lightning_drama.world_model import WorldModel
 ACTING_MODES = ("reference", "posterior")
 
 
-class DramaPolicy:
+class _Acting:
+    """What both policies hold: the world model, the actor-critic and greedy or sampled actions."""
+
+    def __init__(self, world_model: WorldModel, actor_critic: ActorCritic, greedy: bool = False):
+        self.world_model = world_model
+        self.actor_critic = actor_critic
+        self.greedy = greedy
+
+    def _on_model_device(
+        self, obs: torch.Tensor, is_first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+        device = self.world_model.prior.weight.device
+        return obs.to(device), is_first.to(device), device
+
+
+class DramaPolicy(_Acting):
     """Acting on the posterior of the current frame, O(1) per step (`acting: posterior`).
 
     The policy input is [posterior z_t of the current frame, d_{t-1}]. The recurrent state
@@ -40,18 +55,12 @@ class DramaPolicy:
         greedy: take the most likely action instead of sampling.
     """
 
-    def __init__(self, world_model: WorldModel, actor_critic: ActorCritic, greedy: bool = False):
-        self.world_model = world_model
-        self.actor_critic = actor_critic
-        self.greedy = greedy
-
     @torch.no_grad()
     def __call__(
         self, obs: torch.Tensor, is_first: torch.Tensor, state: Any = None
     ) -> tuple[torch.Tensor, Any]:
         """obs: [N, H, W, 3] uint8; is_first: [N] bool -> (actions [N] int64 on CPU, state)."""
-        device = self.world_model.prior.weight.device
-        obs, is_first = obs.to(device), is_first.to(device)
+        obs, is_first, device = self._on_model_device(obs, is_first)
         if state is None or len(state) != 2:  # none yet, or another policy's
             wm_state, prev_action = None, torch.zeros(obs.shape[0], dtype=torch.long, device=device)
         else:  # a state restored from a checkpoint arrives on the CPU
@@ -61,7 +70,7 @@ class DramaPolicy:
         return action.cpu(), (wm_state, action)
 
 
-class ReferencePolicy:
+class ReferencePolicy(_Acting):
     """Acting as the reference code does (`acting: reference`).
 
     At step t of an episode (t >= 1) the world model is run afresh over the last `context`
@@ -90,9 +99,7 @@ class ReferencePolicy:
     ):
         if context < 1:
             raise ValueError(f"acting_context must be >= 1, got {context}")
-        self.world_model = world_model
-        self.actor_critic = actor_critic
-        self.greedy = greedy
+        super().__init__(world_model, actor_critic, greedy)
         self.context = context
 
     @torch.no_grad()
@@ -100,8 +107,7 @@ class ReferencePolicy:
         self, obs: torch.Tensor, is_first: torch.Tensor, state: Any = None
     ) -> tuple[torch.Tensor, Any]:
         """obs: [N, H, W, 3] uint8; is_first: [N] bool -> (actions [N] int64 on CPU, state)."""
-        device = self.world_model.prior.weight.device
-        obs, is_first = obs.to(device), is_first.to(device)
+        obs, is_first, device = self._on_model_device(obs, is_first)
         n, k = obs.shape[0], self.context
         if state is None or len(state) != 3 or state[0].shape[1:] != (k, *obs.shape[1:]):
             # none yet (or another policy's): every row starts without context, as the

@@ -443,5 +443,7 @@ class WorldModel(nn.Module):
         try:
             yield
         finally:
+            # The flag of each module itself: `m.train()` would recurse into its children, making
+            # this quadratic in the module count (milliseconds per acting step).
             for m, training in modes.items():
-                m.train(training)
+                m.training = training

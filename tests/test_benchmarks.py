@@ -85,3 +85,41 @@ def test_target_lines_say_met_or_not():
     missed = target_lines(0.29, 1.79)
     assert missed[0].endswith("NOT met") and missed[1].endswith("NOT met")
     assert len(target_lines(0.5, None)) == 1
+
+
+def test_acting_benchmark_runs_both_modes_at_tiny_size():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.acting import main as acting
+
+    medians = acting(["--tiny", "--repeats", "2"])
+    assert set(medians) == {"reference", "posterior"} and all(t > 0 for t in medians.values())
+
+
+def test_memory_benchmark_reports_every_setting_at_tiny_size():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/memory.py", "--tiny", "--repeats", "1",
+         "--settings", "off,keep,capped"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["off", "keep", "capped"]
+    assert "GiB" in rows[1]
+
+
+def test_malloc_tuning_modes(monkeypatch):
+    from lightning_drama import allocator
+
+    thresholds = []
+    monkeypatch.setattr(
+        allocator, "keep_freed_memory", lambda t=1 << 30: thresholds.append(t) or True
+    )
+    monkeypatch.setattr(allocator, "physical_memory", lambda: 24 << 30)
+    assert allocator.tune_malloc() == "capped" and thresholds[-1] == 256 << 20
+    monkeypatch.setattr(allocator, "physical_memory", lambda: 64 << 30)
+    assert allocator.tune_malloc() == "keep" and thresholds[-1] == 1 << 30
+    monkeypatch.setenv("DRAMA_MALLOC_TUNING", "capped")
+    assert allocator.tune_malloc() == "capped"
+    monkeypatch.setenv("DRAMA_MALLOC_TUNING", "0")
+    assert allocator.tune_malloc() == "off" and len(thresholds) == 3
+    with pytest.raises(ValueError, match="DRAMA_MALLOC_TUNING"):
+        allocator.tune_malloc("lots")

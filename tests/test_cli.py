@@ -173,10 +173,18 @@ def test_resume_from_an_older_checkpoint_drops_the_rows_written_after_it(
 def test_the_progress_bar_counts_the_updates_to_the_budget(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     shown = [arg for arg in TINY if "enable_progress_bar" not in arg]
-    run_cli("fit", "--config", "debug.yaml", *shown, "--data.total_env_steps=40")
+    run_cli("fit", "--config", "debug.yaml", *shown, "--data.total_env_steps=40",
+            "--trainer.val_check_interval=4")  # fmt: skip
     # 32 warm-up steps, then one env step per update: 8 updates to 40.
-    bars = "".join(capsys.readouterr()).replace("\r", "\n").splitlines()
+    output = "".join(capsys.readouterr())
+    bars = output.replace("\r", "\n").splitlines()
     assert any("Epoch 0: 100%" in line and "8/8" in line for line in bars)
+    assert any("env_steps=40," in line or "env_steps=40]" in line for line in bars)  # an int
+    # The evaluations during fit show their table (after 4 and 8 updates).
+    assert "Evaluation after 36 env steps" in output and "Evaluation after 40 env steps" in output
+    # No noise: Lightning's tips and messages that say nothing to a Drama user.
+    for noise in ("litlogger", "litmodels", "LeafSpec", "dirpath has changed", "not supported by"):
+        assert noise not in output, noise
     last = tmp_path / "runs" / "debug" / "version_0" / "checkpoints" / "last.ckpt"
     run_cli("fit", "--config", "debug.yaml", *shown, "--data.total_env_steps=44",
             f"--ckpt_path={last}")  # fmt: skip

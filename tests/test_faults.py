@@ -516,3 +516,22 @@ def test_a_checkpoint_of_another_game_is_refused(finished_run, tmp_path, monkeyp
         err = capsys.readouterr().err
         assert "was trained on ALE/Pong-v5, not on ALE/SpaceInvaders-v5" in err
     assert sorted(p.name for p in (tmp_path / "runs" / "debug").iterdir()) == ["version_0"]
+
+
+def test_the_paper_config_on_a_cpu_says_what_it_costs():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from lightning_drama.callbacks import cpu_cost_note
+
+    trainer = SimpleNamespace(accelerator=CPUAccelerator(), precision="32-true")
+    paper = SimpleNamespace(world_model=SimpleNamespace(d_model=512))
+    note = cpu_cost_note(trainer, paper, 98_968)
+    assert "98,968 env steps take roughly 275-550 h" in note and "configs/debug.yaml" in note
+    bf16 = cpu_cost_note(SimpleNamespace(accelerator=CPUAccelerator(), precision="bf16-mixed"),
+                         paper, 98_968)  # fmt: skip
+    assert "(bf16," in bf16
+    tiny = SimpleNamespace(world_model=SimpleNamespace(d_model=64))
+    assert cpu_cost_note(trainer, tiny, 98_968) == ""  # the debug model: no warning
+    assert cpu_cost_note(trainer, paper, 500) == ""  # a short run
