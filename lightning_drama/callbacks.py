@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -160,7 +159,8 @@ class EnvironmentLoop(pl.Callback):
         if trainer.ckpt_path and "://" not in str(trainer.ckpt_path):
             directories.add(os.path.dirname(os.path.abspath(str(trainer.ckpt_path))))
         for directory in directories - {None}:
-            if trainer.is_global_zero and get_filesystem(directory).isdir(directory):
+            # Local directories only: remote storage saves through Lightning's own CheckpointIO.
+            if trainer.is_global_zero and "://" not in directory and os.path.isdir(directory):
                 for orphan in AtomicCheckpointIO.remove_orphans(directory):
                     rank_zero_info(f"Removed {orphan}, left by a checkpoint save that was killed")
 

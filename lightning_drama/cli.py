@@ -100,7 +100,13 @@ class DramaCLI(LightningCLI):
                 "game it was trained on)"
             )
         given = _flatten(config["model"].as_dict())
-        asked = {key: given.get(key) for key in _given_model_flags(self._given_args)}
+        # A flag naming a whole dict (`--model.world_model '{d_model: 128}'`) asks for its keys.
+        asked = {
+            key: value
+            for flag in _given_model_flags(self._given_args)
+            for key, value in given.items()
+            if key == flag or key.startswith(f"{flag}.")
+        }
         super()._parse_ckpt_path()
         config = self.config[subcommand]
         saved = _flatten(config["model"].as_dict())

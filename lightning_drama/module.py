@@ -291,11 +291,7 @@ class DramaModule(pl.LightningModule):
             {"wm": "world-model", "ac": "actor-critic"}[n]
             for n in sorted(self._skipped, reverse=True)
         )
-        what = (
-            f"non-finite {parts} losses or gradients"
-            if self._skipped
-            else ("a zero world-model gradient")
-        )
+        what = f"non-finite {parts} losses or gradients" if parts else "a zero world-model gradient"
         self._skipped.clear()
         if self._bad_updates == 1:
             rank_zero_warn(
@@ -434,7 +430,7 @@ class DramaModule(pl.LightningModule):
     def describe(self) -> str:
         """One line on which model this is: size, sequence model, acting."""
         hp, wm = self.hparams, self.world_model
-        millions = sum(p.numel() for p in wm.parameters()) / 1e6
+        millions = wm.parameter_counts()["total"] / 1e6
         return (
             f"world model {millions:.2f} M parameters (d_model {wm.d_model}, "
             f"{wm.backbone.n_layers} Mamba-2 layers, {wm.stoch}x{wm.classes} latents), "

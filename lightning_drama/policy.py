@@ -151,22 +151,23 @@ def make_policy(
     raise ValueError(f"unknown acting {acting!r}; choose one of {ACTING_MODES}")
 
 
-def _to_device(state: Any, device: torch.device) -> Any:
-    """Tensors in nested tuples / lists moved to `device` (no copy where they already are)."""
+def _map_tensors(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`fn` applied to every tensor of a nested (tuple / list) policy state."""
     if isinstance(state, torch.Tensor):
-        return state.to(device)
+        return fn(state)
     if isinstance(state, (tuple, list)):
-        return type(state)(_to_device(s, device) for s in state)
+        return type(state)(_map_tensors(s, fn) for s in state)
     return state
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """The state's tensors on `device` (no copy where they already are)."""
+    return _map_tensors(state, lambda t: t.to(device))
 
 
 def _select_rows(state: Any, rows: torch.Tensor) -> Any:
     """The rows `rows` of every batch-first tensor in a nested policy state."""
-    if isinstance(state, torch.Tensor):
-        return state[rows.to(state.device)]
-    if isinstance(state, (tuple, list)):
-        return type(state)(_select_rows(s, rows) for s in state)
-    return state
+    return _map_tensors(state, lambda t: t[rows.to(t.device)])
 
 
 Policy = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]

@@ -489,6 +489,14 @@ def test_model_flags_on_resume_are_applied_or_refused(finished_run, tmp_path, mo
     assert "--model.world_model.d_model 128 (the checkpoint's: 64)" in err
     assert "--model.acting 'posterior' (the checkpoint's: 'reference')" in err
     assert not (tmp_path / "runs" / "debug" / "version_1").exists()
+    # A flag naming the whole dict asks for each of its keys.
+    with pytest.raises(SystemExit) as exit_info:
+        fit("--data.total_env_steps=44", f"--ckpt_path={last}",
+            "--model.actor_critic={critic_hidden: 32}")  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--model.actor_critic.critic_hidden 32 (the checkpoint's: 64)" in (
+        capsys.readouterr().err
+    )
 
     # Learning rates may change: the resumed run trains with the new one.
     fit("--data.total_env_steps=44", f"--ckpt_path={last}", "--model.wm_lr=5e-4")
