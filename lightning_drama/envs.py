@@ -1,4 +1,5 @@
-"""Environment factory: Atari100k (``ALE/<Game>-v5``) and Gymnasium image envs, discrete actions.
+"""Environment factory: Atari100k (``ALE/<Game>-v5``), MinAtar (``MinAtar/<Game>-v1``) and
+Gymnasium image envs, discrete actions.
 
 Every env made here returns ``obs: [64, 64, 3] uint8`` and reports two extra info keys on each step:
 
@@ -21,9 +22,37 @@ from lightning_drama.checks import ConfigError
 OBS_SHAPE = (64, 64, 3)
 
 SUPPORTED = (
-    "supported env ids: 'ALE/<Game>-v5' (e.g. 'ALE/Pong-v5', Atari100k protocol), any registered "
-    "Gymnasium id, or an importable 'package.module:ClassName', as long as observations are "
-    "(H, W, 3) uint8 images and the action space is Discrete"
+    "supported env ids: 'ALE/<Game>-v5' (e.g. 'ALE/Pong-v5', Atari100k protocol), "
+    "'MinAtar/<Game>-v1' (e.g. 'MinAtar/Breakout-v1', needs the optional minatar package), any "
+    "registered Gymnasium id, or an importable 'package.module:ClassName', as long as observations "
+    "are (H, W, 3) uint8 images and the action space is Discrete"
+)
+
+# Id name -> MinAtar's module name (``minatar.environments.<module>``).
+MINATAR_GAMES = {
+    "Asterix": "asterix",
+    "Breakout": "breakout",
+    "Freeway": "freeway",
+    "Seaquest": "seaquest",
+    "SpaceInvaders": "space_invaders",
+}
+
+# [10, 3] uint8, the colour of each MinAtar channel (Seaquest has the most, 10): the Tableau 10
+# colours, chosen to stay apart from each other and from the black background.
+MINATAR_PALETTE = np.array(
+    [
+        [31, 119, 180],  # blue
+        [255, 127, 14],  # orange
+        [44, 160, 44],  # green
+        [214, 39, 40],  # red
+        [148, 103, 189],  # purple
+        [140, 86, 75],  # brown
+        [227, 119, 194],  # pink
+        [127, 127, 127],  # grey
+        [188, 189, 34],  # olive
+        [23, 190, 207],  # cyan
+    ],
+    np.uint8,
 )
 
 
@@ -89,6 +118,59 @@ class LifeLossInfo(gym.Wrapper):
         atari.unwrapped.np_random.bit_generator.state = state["np_random"]
 
 
+class MinAtarEnv(gym.Env):
+    """A MinAtar game as an RGB image env: the ``[10, 10, C]`` bool state drawn one colour per
+    channel on black, upscaled to ``[image_size, image_size, 3] uint8`` by nearest neighbour.
+
+    ``environment``: a ``minatar.Environment`` (sticky actions, difficulty ramp, its own RNG).
+    ``action_set``: MinAtar action of each of our actions (the game's minimal set, or all 6).
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, environment: Any, action_set: list[int], image_size: int = OBS_SHAPE[0]):
+        self.game = environment
+        self.action_set = list(action_set)
+        self.render_mode = "rgb_array"
+        height, width, channels = self.game.state_shape()
+        self.action_space = gym.spaces.Discrete(len(self.action_set))
+        self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        # [C], channel c draws as c + 1 so that the max over channels picks the highest one on
+        # (MinAtar's own display rule) and 0 stays the background.
+        self._channel_ids = np.arange(1, channels + 1, dtype=np.uint8)
+        # [C + 1, 3], black first.
+        self._palette = np.concatenate([np.zeros((1, 3), np.uint8), MINATAR_PALETTE[:channels]])
+        # [S], the grid row (column) each pixel row (column) copies: cells are 6 or 7 px wide at
+        # 64 and every pixel copies one cell, so blocks stay solid (no interpolation).
+        self._rows = np.arange(image_size) * height // image_size
+        self._cols = np.arange(image_size) * width // image_size
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            # MinAtar's RandomState (shared by the game and the sticky actions) takes 32-bit
+            # seeds only; gymnasium's np_random turns any seed into one.
+            self.game.seed(int(self.np_random.integers(2**32)))
+        # Each episode starts with a no-op as the "previous" action, as in ALE: else a sticky
+        # first step could repeat the last episode's last action, and a seeded episode would
+        # depend on the one before it.
+        self.game.last_action = 0
+        self.game.reset()
+        return self.render(), {}
+
+    def step(self, action: int):
+        reward, terminated = self.game.act(self.action_set[int(action)])
+        return self.render(), float(reward), bool(terminated), False, {}
+
+    def render(self) -> np.ndarray:
+        """The current frame, ``[S, S, 3] uint8``."""
+        state = self.game.state()  # [10, 10, C] bool
+        cells = (state * self._channel_ids).max(axis=2)  # [10, 10], highest channel on + 1
+        # `take` rather than fancy indexing: a few times faster on these small arrays.
+        grid = self._palette.take(cells, axis=0)  # [10, 10, 3]
+        return grid.take(self._rows, axis=0).take(self._cols, axis=1)  # [S, S, 3]
+
+
 class ResizeObservation(gym.ObservationWrapper):
     """Resizes (H, W, 3) uint8 frames to 64x64 with area interpolation, as AtariPreprocessing."""
 
@@ -111,12 +193,15 @@ def make_env(
     max_num_frames_per_episode: int = 108_000,
     frame_skip: int = 4,
     life_loss_termination: bool = True,
+    image_size: int = OBS_SHAPE[0],
     **kwargs: Any,
 ) -> gym.Env:
     """Build one environment with 64x64x3 uint8 observations and a Discrete action space.
 
     Args:
-        env_id: ``"ALE/<Game>-v5"``, a registered Gymnasium id, or ``"package.module:ClassName"``.
+        env_id: ``"ALE/<Game>-v5"``, ``"MinAtar/<Game>-v1"`` (the game's minimal action set;
+            ``-v0``: all 6 actions; games: Asterix, Breakout, Freeway, Seaquest, SpaceInvaders),
+            a registered Gymnasium id, or ``"package.module:ClassName"``.
         noop_max: ALE only: up to this many random no-ops after reset (0 = Atari100k/Drama protocol;
             30 for the other common protocol).
         repeat_action_probability: ALE only: sticky-action probability. Set explicitly because
@@ -125,13 +210,20 @@ def make_env(
         max_num_frames_per_episode: ALE only: episode cap in emulator frames (108,000 = 30 min).
         frame_skip: ALE only: agent step = this many frames, observation = max over the last two.
         life_loss_termination: store a life loss as ``terminated`` in the replay
-            (``info["train_terminated"]``); the episode itself goes on.
-        **kwargs: passed on to ``gym.make`` (or to the class for ``"package.module:ClassName"``).
+            (``info["train_terminated"]``); the episode itself goes on. MinAtar has no lives.
+        image_size: MinAtar only: side of the square frame the 10x10 grid is upscaled to. The
+            replay stores 64x64 frames, so another size needs a world model built for it.
+        **kwargs: passed on to ``gym.make`` (or to the class for ``"package.module:ClassName"``,
+            or to ``minatar.Environment`` for MinAtar, e.g. ``sticky_action_prob=0.0``; its
+            defaults are sticky actions with probability 0.1 and the difficulty ramp on).
 
     Raises:
-        ValueError: unknown id or game, vector observations, or a non-discrete action space.
+        ValueError: unknown id or game, vector observations, a non-discrete action space, or a
+            MinAtar id without the optional ``minatar`` package.
     """
-    if env_id.startswith("ALE/"):
+    if env_id.startswith("MinAtar/"):
+        env = _make_minatar(env_id, image_size=image_size, **kwargs)
+    elif env_id.startswith("ALE/"):
         env = _make_atari(
             env_id,
             noop_max=noop_max,
@@ -178,6 +270,37 @@ def _make_atari(
         terminal_on_life_loss=False,  # life loss is reported in info, never ends the episode
         grayscale_obs=False,
     )
+
+
+def _make_minatar(env_id: str, *, image_size: int, **kwargs: Any) -> MinAtarEnv:
+    game, _, version = env_id.removeprefix("MinAtar/").rpartition("-")
+    if game not in MINATAR_GAMES or version not in ("v0", "v1"):
+        raise ConfigError(
+            f"unknown MinAtar env {env_id!r}: the games are {', '.join(MINATAR_GAMES)}, as "
+            f"'MinAtar/<Game>-v1' (minimal action set) or 'MinAtar/<Game>-v0' (all 6 actions)"
+        )
+    if image_size < 10:
+        raise ConfigError(f"image_size={image_size} is below MinAtar's 10x10 grid; use 64")
+    try:
+        # GPL-3.0, so an optional dependency, imported only when a MinAtar env is made.
+        from minatar import Environment
+    except ImportError as e:
+        raise ConfigError(
+            f"{env_id!r} needs the optional package minatar (GPL-3.0, so not installed with "
+            f'lightning_drama): pip install minatar, or pip install -e ".[minatar]" ({e})'
+        ) from e
+    try:
+        environment = Environment(MINATAR_GAMES[game], **kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"bad option for {env_id!r} ({e}); MinAtar takes sticky_action_prob and "
+            "difficulty_ramping"
+        ) from e
+    if version == "v1":
+        action_set = environment.minimal_action_set()
+    else:
+        action_set = list(range(environment.num_actions()))
+    return MinAtarEnv(environment, action_set, image_size)
 
 
 def _make_generic(env_id: str, **kwargs: Any) -> gym.Env:
