@@ -4,6 +4,7 @@ that make a run survive a crash, a preemption or Ctrl-C."""
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import signal
@@ -112,6 +113,10 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+PROGRESS_FILE = "progress.json"  # in the run directory (see EnvironmentLoop._write_progress)
+PROGRESS_SECONDS = 10.0
+
+
 class EnvironmentLoop(pl.Callback):
     """Steps the live environment(s) before every training step, ends the run on budget, and
     keeps `last.ckpt` fresh enough that a crash loses little.
@@ -144,6 +149,9 @@ class EnvironmentLoop(pl.Callback):
         self._last_save = time.monotonic()
         self._signal: str | None = None  # "SIGINT" once Ctrl-C was pressed
         self._previous_sigint: Any = None
+        self._progress_path: str | None = None  # <run dir>/progress.json (rank 0)
+        self._last_progress = 0.0
+        self._fit_start = time.monotonic()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -183,7 +191,11 @@ class EnvironmentLoop(pl.Callback):
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_save = time.monotonic()
+        self._last_save = self._fit_start = time.monotonic()
+        # log_dir is a collective under DDP: every rank asks, rank 0 writes.
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if trainer.is_global_zero and log_dir is not None and "://" not in log_dir:
+            self._progress_path = os.path.join(log_dir, PROGRESS_FILE)
         datamodule = self._datamodule(trainer)
         now = datamodule.env_steps_all_processes
         if datamodule.budget_reached:  # e.g. a finished run resumed with the same budget
@@ -223,7 +235,9 @@ class EnvironmentLoop(pl.Callback):
         if datamodule.budget_reached:
             trainer.should_stop = True
             self._save_last(trainer)
+            self._write_progress(trainer, force=True)
             return
+        self._write_progress(trainer)
         stop = self._signal or ("SIGTERM" if trainer.received_sigterm else None)
         if trainer.world_size > 1:  # every rank takes part in a save: decide together
             stop = (
@@ -250,7 +264,32 @@ class EnvironmentLoop(pl.Callback):
 
     def _stop(self, trainer: pl.Trainer, name: str) -> None:
         _print_stop(trainer, name, self._save_last(trainer))
+        self._write_progress(trainer, force=True)
         raise RunInterrupted(EXIT_CODES[name])
+
+    def _write_progress(self, trainer: pl.Trainer, force: bool = False) -> None:
+        """Every `PROGRESS_SECONDS` (and at the end), `<run dir>/progress.json`: env steps done
+        and budgeted, updates, seconds of training in this process. What the benchmark runner
+        shows as a live status; replaced atomically, so a reader never sees half a file."""
+        now = time.monotonic()
+        if self._progress_path is None or (
+            not force and now - self._last_progress < PROGRESS_SECONDS
+        ):
+            return
+        self._last_progress = now
+        datamodule = self._datamodule(trainer)
+        progress = {
+            "env_steps": int(datamodule.env_steps_all_processes),
+            "total_env_steps": int(datamodule.total_env_steps),
+            "updates": int(trainer.fit_loop.epoch_loop.batch_progress.total.processed),
+            "seconds": round(now - self._fit_start, 1),
+            "time": time.time(),
+        }
+        os.makedirs(os.path.dirname(self._progress_path), exist_ok=True)
+        partial = self._progress_path + ".partial"
+        with open(partial, "w") as file:
+            json.dump(progress, file)
+        os.replace(partial, self._progress_path)
 
     @staticmethod
     def _count_to_budget(trainer: pl.Trainer, datamodule: Any, batch_idx: int) -> None:

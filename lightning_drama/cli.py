@@ -430,3 +430,7 @@ def main(args: list[str] | None = None) -> DramaCLI:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+if __name__ == "__main__":  # python -m lightning_drama.cli fit ... (as main.py)
+    main()

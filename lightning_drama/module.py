@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import os
 import random
 from typing import Any
 
@@ -28,6 +30,7 @@ from lightning_drama.scores import game_from_env_id, human_normalized
 from lightning_drama.world_model import WorldModel
 
 # Hyperparameters a checkpoint must share with the model it is loaded into.
+EVALUATIONS_FILE = "evaluations.jsonl"  # in the run directory, one line per evaluation during fit
 _ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
 
 
@@ -421,11 +424,26 @@ class DramaModule(pl.LightningModule):
         metrics = {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
         if self.trainer.state.fn == "fit":
             self.log_at_env_step(metrics)
+            self._record_evaluation(result)
         else:
             # validate / test: the table is the result; also hand Lightning the numbers.
             for key, value in metrics.items():
                 self.log(key, value, rank_zero_only=True)
         self.print("\n" + format_evaluation(result))  # below the progress bar, on rank 0
+
+    def _record_evaluation(self, result: dict[str, Any]) -> None:
+        """Append the evaluation to `<run dir>/evaluations.jsonl`, one JSON object per line: the
+        machine-readable record `python -m lightning_drama.benchmark report` aggregates."""
+        if not self.trainer.is_global_zero or not self.trainer.loggers:
+            return
+        log_dir = self.trainer.log_dir
+        if log_dir is None or "://" in log_dir:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, EVALUATIONS_FILE), "a") as file:
+            file.write(json.dumps(result) + "\n")
+            file.flush()
+            os.fsync(file.fileno())  # an evaluation is hours of work on a CPU: keep it
 
     def describe(self) -> str:
         """One line on which model this is: size, sequence model, acting."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import subprocess
@@ -70,6 +71,15 @@ def test_fit_resume_and_test(tmp_path, monkeypatch, capsys):
     assert rows and all(int(r["step"]) <= 60 for r in rows)  # env steps are the x-axis
     assert any(r.get("train/wm/recon") for r in rows) and any(r.get("train/ac/actor") for r in rows)
     assert (run_dir / "replay" / "obs.npy").is_file()  # the replay lives in the run directory
+    # The machine-readable records the benchmark runner reads: the evaluation at the end of the
+    # budget (a fit stopped by it evaluates once more) and the progress.
+    records = [
+        json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()
+    ]
+    assert records[-1]["env_steps"] == 60 and len(records[-1]["returns"]) == 2
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["env_steps"] == progress["total_env_steps"] == 60
+    assert progress["updates"] == 60 - 32  # one env step per update after the warm-up
 
     first = datamodule_state(last)
     assert first["env_steps"] == 60
