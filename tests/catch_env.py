@@ -50,3 +50,10 @@ class Catch(gym.Env):
 
     def render(self):
         return self._frame()
+
+
+class BrokenCatch(Catch):
+    """Catch whose construction always fails: a run of it fails on every try (benchmark tests)."""
+
+    def __init__(self, render_mode: str | None = None):
+        raise RuntimeError("BrokenCatch cannot be made (a simulated crash)")
