@@ -954,8 +954,10 @@ def _aggregates_section(aggregates, improvement, images, reps: int, seed: int) -
             f"intervals ({reps} resamples, seed {seed}); rliable's definitions (median and mean "
             "of the per-game means, IQM of all runs and games, optimality gap below 100 %). "
             "*Runs × games*: the matrix they rest on (the first finished seeds of each game, as "
-            "many as the game with the fewest has). Published rows: one score per game, over the "
-            "same games, no interval.",
+            "many as the game with the fewest has). Published rows: one score per game, over "
+            "the Atari games that any benchmark here finished (their count in the last column; "
+            "with several benchmarks that finished different games, compare each with care), "
+            "no interval.",
             "",
             "| Benchmark | Suite | " + " | ".join(METRICS) + " | Runs × games |",
             "| --- | --- |" + " ---: |" * len(METRICS) + " ---: |",
