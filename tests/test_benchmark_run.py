@@ -308,6 +308,9 @@ def test_stopped_benchmark_resumes_retries_and_reports(tmp_path):
     scored.write_text("".join(line + "\n" for line in kept))
     bench.update_status(bench.Run("catch_env:Catch", 0, str(scored.parent.parent)),
                         state="interrupted")  # fmt: skip
+    # ... and before its last progress.json: the checkpoint alone says the budget was reached.
+    progress = scored.parent / bench.PROGRESS_FILE
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "env_steps": 110}))
     finished = [*command]
     finished[finished.index("--games") + 1] = "catch_env:Catch,MinAtar/Breakout-v1"
     third = subprocess.run(

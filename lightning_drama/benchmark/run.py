@@ -339,6 +339,16 @@ def fit_command(run: Run, configs: list[str], overrides: list[str], ckpt: str | 
     return command + (["--ckpt_path", ckpt] if ckpt else [])
 
 
+def _said_nothing_to_train(log_path: str) -> bool:
+    """The fit resumed a checkpoint that had trained its whole budget already (the CLI says so
+    and exits 0), e.g. one that died between writing last.ckpt and its last progress.json."""
+    try:
+        with open(log_path, errors="replace") as file:
+            return "nothing to train" in file.read()
+    except OSError:
+        return False
+
+
 def _error_of(log_path: str, returncode: int) -> str:
     """One line on why a child failed: its `error:` line, else the last line of its log."""
     try:
@@ -407,8 +417,9 @@ def attempt_run(
         except RunStopped as stopped:
             return update_status(run, state="interrupted", pid=None, returncode=stopped.returncode)
     progress = run_progress(run) or {}
-    finished = returncode == 0 and progress.get("env_steps", -1) >= progress.get(
-        "total_env_steps", float("inf")
+    finished = returncode == 0 and (
+        progress.get("env_steps", -1) >= progress.get("total_env_steps", float("inf"))
+        or _said_nothing_to_train(log_path)  # its checkpoint had the budget (the CLI checked)
     )
     result: dict[str, Any] = {"returncode": returncode, "env_steps": progress.get("env_steps")}
     if finished:
