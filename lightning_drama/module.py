@@ -166,6 +166,7 @@ class DramaModule(pl.LightningModule):
         self.eval_lengths = CatMetric()
         self.eval_cut = CatMetric()  # 1 for an episode stopped at data.eval_max_steps
         self.last_eval: dict[str, Any] | None = None
+        self._log_dir: str | None = None  # the run directory during fit (on_fit_start)
         # Env steps this model was trained on (all processes), saved with it for evaluations.
         self.register_buffer("trained_env_steps", torch.zeros((), dtype=torch.long))
         self._grad_norms: dict[str, torch.Tensor] = {}
@@ -187,6 +188,10 @@ class DramaModule(pl.LightningModule):
         if any(isinstance(c, EnvironmentLoop) for c in self.trainer.callbacks):
             return []
         return [EnvironmentLoop()]
+
+    def on_fit_start(self) -> None:
+        # Trainer.log_dir is a collective under DDP: every rank asks here, rank 0 writes later.
+        self._log_dir = self.trainer.log_dir if self.trainer.loggers else None
 
     def on_train_start(self) -> None:
         # A resumed run may change the learning rates (cli.CHANGEABLE_ON_RESUME); the optimiser
@@ -434,10 +439,8 @@ class DramaModule(pl.LightningModule):
     def _record_evaluation(self, result: dict[str, Any]) -> None:
         """Append the evaluation to `<run dir>/evaluations.jsonl`, one JSON object per line: the
         machine-readable record `python -m lightning_drama.benchmark report` aggregates."""
-        if not self.trainer.is_global_zero or not self.trainer.loggers:
-            return
-        log_dir = self.trainer.log_dir
-        if log_dir is None or "://" in log_dir:
+        log_dir = self._log_dir  # set in on_fit_start, on every rank
+        if not self.trainer.is_global_zero or log_dir is None or "://" in log_dir:
             return
         os.makedirs(log_dir, exist_ok=True)
         with open(os.path.join(log_dir, EVALUATIONS_FILE), "a") as file:
