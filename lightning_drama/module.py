@@ -29,8 +29,8 @@ from lightning_drama.policy import ACTING_MODES, make_policy, run_episodes
 from lightning_drama.scores import game_from_env_id, human_normalized
 from lightning_drama.world_model import WorldModel
 
-# Hyperparameters a checkpoint must share with the model it is loaded into.
 EVALUATIONS_FILE = "evaluations.jsonl"  # in the run directory, one line per evaluation during fit
+# Hyperparameters a checkpoint must share with the model it is loaded into.
 _ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
 
 
