@@ -41,9 +41,9 @@ from typing import Any
 import yaml
 
 from lightning_drama.checks import ConfigError
+from lightning_drama.envs import MINATAR_GAMES
 from lightning_drama.scores import ATARI_SCORES, game_from_env_id
 
-MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 GAME_SETS: dict[str, tuple[str, ...]] = {
     "atari26": tuple(f"ALE/{game}-v5" for game in ATARI_SCORES),  # the Atari100k games
     "minatar": tuple(f"MinAtar/{game}-v1" for game in MINATAR_GAMES),
