@@ -27,6 +27,7 @@ from lightning_drama.checks import ConfigError, check_choice, check_float, check
 from lightning_drama.optim import LaProp, linear_warmup
 from lightning_drama.policy import ACTING_MODES, make_policy, run_episodes
 from lightning_drama.scores import game_from_env_id, human_normalized
+from lightning_drama.ssm.backbones import BACKBONE_NAMES
 from lightning_drama.world_model import WorldModel
 
 EVALUATIONS_FILE = "evaluations.jsonl"  # in the run directory, one line per evaluation during fit
@@ -454,7 +455,8 @@ class DramaModule(pl.LightningModule):
         millions = wm.parameter_counts()["total"] / 1e6
         return (
             f"world model {millions:.2f} M parameters (d_model {wm.d_model}, "
-            f"{wm.backbone.n_layers} Mamba-2 layers, {wm.stoch}x{wm.classes} latents), "
+            f"{wm.backbone.n_layers} {BACKBONE_NAMES[wm.backbone_kind]} layers, "
+            f"{wm.stoch}x{wm.classes} latents), "
             f"acting {hp.acting}, trained on {int(self.trained_env_steps):,} env steps"
         )
 

@@ -1,5 +1,8 @@
 """Drama's world model: a discrete-latent VAE whose dynamics are a Mamba-2 sequence model.
 
+The sequence model is one switch, `backbone`: "mamba2" (Drama), "mamba" (Mamba-1), "transformer"
+(the reference's baseline) or "gru"; all share one contract (`lightning_drama.ssm.backbones`).
+
 Time alignment (replay row t holds o_t, the action a_t taken after seeing o_t, its reward r_t and
 termination flag e_t):
 
@@ -34,7 +37,8 @@ from lightning_drama.distributions import (
     unimix_logits,
 )
 from lightning_drama.networks import Decoder, Encoder, fan_avg_init_, mlp
-from lightning_drama.ssm import Mamba2Backbone, RMSNorm
+from lightning_drama.ssm import RMSNorm
+from lightning_drama.ssm.backbones import BACKBONES, build_backbone
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # policy state [N, S] -> action int64 [N]
 
@@ -53,16 +57,24 @@ class WorldModel(nn.Module):
         stoch: number of categorical latents (32).
         classes: classes per categorical latent (32).
         unimix: uniform mixture of the latent distributions (0.01).
+        backbone: the sequence model: "mamba2" (Drama), "mamba" (Mamba-1: paper Fig. 2),
+            "transformer" (the reference's baseline) or "gru".
         d_model: width of the sequence model (512).
-        n_layers: Mamba-2 layers (2).
+        n_layers: sequence-model layers (2).
         d_state: SSM state size per head (16).
         d_conv: causal conv kernel of the Mamba-2 layer (4).
         expand: inner width = expand * d_model (2).
         headdim: Mamba-2 head size (64).
         ngroups: B/C groups (1).
-        chunk_size: SSD chunk length (64).
-        dropout: dropout on the backbone's residual adds (0: the reference Drama has none; its
-            only `Dropout: 0.1` belongs to its Transformer baseline).
+        chunk_size: SSD chunk length (64); Mamba-1's scan chunk.
+        dt_rank: Mamba-1's step-size projection rank ("auto": ceil(d_model / 16)).
+        num_heads: Transformer heads (8).
+        max_length: Transformer attention window and learned positions (128: the reference's
+            longest sequence, its training window; longer windows attend to the last 128 steps).
+        positional: Transformer positions, "learned" (the reference) or "sinusoidal".
+        dropout: dropout on the backbone's residual branches; None = the reference's for the
+            backbone: 0 for the Mamba stacks and the GRU, 0.1 for the Transformer (its only
+            `Dropout: 0.1`).
         norm_eps: epsilon of the backbone's RMSNorms (block, final and gated norms; 1e-5 as
             mamba-ssm, which the reference uses).
         head_hidden: hidden width of the reward and termination heads (256).
@@ -85,6 +97,7 @@ class WorldModel(nn.Module):
         stoch: int = 32,
         classes: int = 32,
         unimix: float = 0.01,
+        backbone: str = "mamba2",
         d_model: int = 512,
         n_layers: int = 2,
         d_state: int = 16,
@@ -93,7 +106,11 @@ class WorldModel(nn.Module):
         headdim: int = 64,
         ngroups: int = 1,
         chunk_size: int = 64,
-        dropout: float = 0.0,
+        dt_rank: int | str = "auto",
+        num_heads: int = 8,
+        max_length: int = 128,
+        positional: str = "learned",
+        dropout: float | None = None,
         norm_eps: float = 1e-5,
         head_hidden: int = 256,
         num_bins: int = 255,
@@ -111,12 +128,20 @@ class WorldModel(nn.Module):
         for name, value in (("image_size", image_size), ("stoch", stoch), ("d_model", d_model),
                             ("n_layers", n_layers), ("d_state", d_state), ("d_conv", d_conv),
                             ("expand", expand), ("headdim", headdim), ("ngroups", ngroups),
-                            ("chunk_size", chunk_size), ("head_hidden", head_hidden)):  # fmt: skip
+                            ("chunk_size", chunk_size), ("head_hidden", head_hidden),
+                            ("num_heads", num_heads), ("max_length", max_length)):  # fmt: skip
             check_int(where, name, value, 1)
+        if backbone not in BACKBONES:
+            raise ConfigError(
+                f"{where}.backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}"
+            )
+        if dt_rank != "auto":
+            check_int(where, "dt_rank", dt_rank, 1)
         check_int(where, "classes", classes, 2)
         check_int(where, "num_bins", num_bins, 2)
         check_float(where, "unimix", unimix, minimum=0.0, below=1.0)
-        check_float(where, "dropout", dropout, minimum=0.0, below=1.0)
+        if dropout is not None:
+            check_float(where, "dropout", dropout, minimum=0.0, below=1.0)
         check_float(where, "norm_eps", norm_eps, above=0.0)
         check_float(where, "bin_range", bin_range, above=0.0)
         for name, value in (("free_bits", free_bits), ("dyn_scale", dyn_scale),
@@ -141,12 +166,22 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(encoder_channels, image_size)
         self.posterior = nn.Linear(self.encoder.out_dim, self.latent_dim)
         self.decoder = Decoder(self.latent_dim, tuple(reversed(encoder_channels)), image_size)
-        self.stem = nn.Sequential(
-            nn.Linear(self.latent_dim + num_actions, d_model), RMSNorm(d_model), nn.SiLU()
-        )
-        self.backbone = Mamba2Backbone(
-            d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
-            ngroups=ngroups, chunk_size=chunk_size, dropout=dropout, norm_eps=norm_eps,
+        self.backbone_kind = backbone
+        if backbone == "transformer":  # the reference Transformer's stem; it ends in the backbone
+            self.stem = nn.Sequential(
+                nn.Linear(self.latent_dim + num_actions, d_model, bias=False),
+                nn.LayerNorm(d_model),
+                nn.ReLU(),
+            )
+        else:  # the reference's Mamba wrapper's
+            self.stem = nn.Sequential(
+                nn.Linear(self.latent_dim + num_actions, d_model), RMSNorm(d_model), nn.SiLU()
+            )
+        self.backbone = build_backbone(
+            backbone, d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand,
+            headdim=headdim, ngroups=ngroups, chunk_size=chunk_size, dt_rank=dt_rank,
+            num_heads=num_heads, max_length=max_length, positional=positional, dropout=dropout,
+            norm_eps=norm_eps,
         )  # fmt: skip
         self.prior = nn.Linear(d_model, self.latent_dim)
         self.reward_head = nn.Sequential(
@@ -158,7 +193,8 @@ class WorldModel(nn.Module):
         # The reference's initialisation (mamba-ssm's for the sequence model, the stem's bias
         # zeroed with it; its `weight_init` for the convolutions and the reward / termination
         # heads; PyTorch's defaults for the posterior and prior heads).
-        nn.init.zeros_(self.stem[0].bias)
+        if self.stem[0].bias is not None:
+            nn.init.zeros_(self.stem[0].bias)
         for part in (self.encoder, self.decoder, self.reward_head, self.termination_head):
             fan_avg_init_(part)
         if zero_reward_init:  # DreamerV3: the predicted reward starts at exactly 0

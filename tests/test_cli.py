@@ -49,6 +49,23 @@ def test_print_config(config, capsys):
     assert "env_id: ALE/Pong-v5" in printed and "world_model:" in printed
 
 
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [("mamba1", "backbone: mamba\n"), ("transformer", "backbone: transformer\n"),
+     ("gru", "backbone: gru\n"), ("uniform", "sampling: uniform\n")],
+)  # fmt: skip
+def test_ablation_overlays_change_one_key_of_the_paper_config(overlay, expected, capsys):
+    def printed(*configs):
+        with pytest.raises(SystemExit):
+            run_cli("fit", "--config", "atari.yaml", *configs, "--print_config")
+        return capsys.readouterr().out.splitlines(keepends=True)
+
+    base = printed()
+    changed = printed("--config", str(ROOT / "configs" / "ablations" / f"{overlay}.yaml"))
+    diff = [line.strip() + "\n" for line in changed if line not in base]
+    assert diff == [expected]
+
+
 def test_bare_config_name_is_found_in_configs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = resolve_config_paths(["fit", "--config", "atari.yaml", "--config=debug"])
@@ -201,6 +218,25 @@ def test_the_progress_bar_counts_the_updates_to_the_budget(tmp_path, monkeypatch
     # The finished run's checkpoint ended its epoch: the resumed run counts its 4 updates anew.
     bars = "".join(capsys.readouterr()).replace("\r", "\n").splitlines()
     assert any("Epoch 1: 100%" in line and "4/4" in line for line in bars)
+
+
+@pytest.mark.parametrize("backbone", ["mamba", "transformer", "gru"])
+def test_each_backbone_fits_resumes_and_tests(backbone, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    switch = f"--model.world_model.backbone={backbone}"
+    run_cli("fit", "--config", "debug.yaml", *TINY, switch, "--data.total_env_steps=40")
+    last = tmp_path / "runs" / "debug" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["world_model"]["backbone"] == backbone
+    run_cli("fit", "--config", "debug.yaml", *TINY, switch, "--data.total_env_steps=44",
+            f"--ckpt_path={last}")  # fmt: skip
+    resumed = tmp_path / "runs" / "debug" / "version_1" / "checkpoints" / "last.ckpt"
+    assert datamodule_state(resumed)["env_steps"] == 44
+    capsys.readouterr()
+    run_cli("test", "--config", "debug.yaml", *TINY, f"--ckpt_path={resumed}")
+    out = "".join(capsys.readouterr())
+    name = {"mamba": "Mamba-1", "transformer": "Transformer", "gru": "GRU"}[backbone]
+    assert "Evaluation after 44 env steps" in out and f"1 {name} layers" in out
 
 
 def test_fit_in_bf16_mixed_precision(tmp_path, monkeypatch):

@@ -173,7 +173,9 @@ def test_a_second_config_merges_into_the_component_dicts(capsys):
 def test_the_atari_config_is_the_reference_behaviour(capsys):
     printed = print_config(capsys, "fit", "--config", "atari.yaml")
     model, data = printed["model"], printed["data"]
-    assert model["world_model"]["dropout"] == 0.0 and model["world_model"]["norm_eps"] == 1e-5
+    # dropout null: the reference's per backbone (none in Mamba-2 blocks; see test_world_model)
+    assert model["world_model"]["dropout"] is None and model["world_model"]["norm_eps"] == 1e-5
+    assert model["world_model"]["backbone"] == "mamba2"
     assert model["weight_decay"] == 0.0 and model["acting"] == "reference"
     assert model["acting_context"] == 16 and model["eval_greedy"] is True
     assert model["actor_critic"]["reward_timing"] == "reference"

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_drama.optim import LaProp
+from lightning_drama.ssm.backbones import BACKBONES
 from lightning_drama.world_model import WorldModel
 
 SMALL = dict(
@@ -121,8 +122,9 @@ def test_overfits_a_fixed_batch():
     assert total.item() <= 0.5 * first, (first, total.item())
 
 
-def test_imagine_starts_from_the_state_of_a_full_forward_over_the_context():
-    model = small_model()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_imagine_starts_from_the_state_of_a_full_forward_over_the_context(backbone):
+    model = small_model(backbone=backbone)
     mode_sample(model)
     batch = synthetic_batch(3, 12)
     ctx = context_of(batch, 8)
@@ -235,8 +237,9 @@ def test_reward_timing_on_a_two_step_rollout_with_a_stub_model():
         model.imagine(ctx, zeros, horizon=2, reward_timing="late")
 
 
-def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
-    model = small_model(dropout=0.1)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_episode_boundary_gives_the_outputs_of_a_window_starting_there(backbone):
+    model = small_model(dropout=0.1, backbone=backbone)
     mode_sample(model)
     model.eval()
     batch = synthetic_batch(2, 24, seed=2)
@@ -257,8 +260,9 @@ def test_episode_boundary_gives_the_outputs_of_a_window_starting_there():
         torch.testing.assert_close(parts_other["d"][:, b:], parts["d"][:, b:], atol=1e-5, rtol=1e-5)
 
 
-def test_observe_steps_match_a_parallel_forward():
-    model = small_model()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_observe_steps_match_a_parallel_forward(backbone):
+    model = small_model(backbone=backbone)
     mode_sample(model)
     batch = synthetic_batch(2, 10, seed=3)
     batch["is_first"][0, 6] = True
@@ -291,8 +295,26 @@ def test_parameter_count_of_the_default_model():
         assert abs(counts[part] - n) / n < 0.03, (part, counts[part], n)
 
 
-def test_bf16_autocast_gives_finite_losses_and_gradients():
-    model = small_model()
+def test_sequence_model_of_each_backbone_at_drama_xs_size():
+    """The reference's settings: Mamba-2 and Mamba-1 with d_state 16, the Transformer with 8
+    heads, 2 layers, 128 positions and its own stem (Linear without bias, LayerNorm, ReLU)."""
+    counts = {kind: WorldModel(6, backbone=kind).parameter_counts() for kind in BACKBONES}
+    rest = {k: v for k, v in counts["mamba2"].items() if k not in ("sequence_model", "total")}
+    for kind in BACKBONES:  # only the sequence model differs
+        assert {k: counts[kind][k] for k in rest} == rest
+    seq = {kind: counts[kind]["sequence_model"] for kind in BACKBONES}
+    assert 3.6e6 < seq["mamba2"] < 3.8e6 and 3.6e6 < seq["mamba"] < 3.9e6
+    assert 4.9e6 < seq["transformer"] < 5.2e6 and 3.6e6 < seq["gru"] < 3.8e6
+    transformer = WorldModel(6, backbone="transformer")
+    assert transformer.stem[0].bias is None and isinstance(transformer.stem[1], torch.nn.LayerNorm)
+    assert transformer.backbone.blocks[0].dropout.p == 0.1  # the reference's Dropout: 0.1
+    assert WorldModel(6).backbone.dropout.p == 0.0  # and none in its Mamba-2 blocks
+    assert WorldModel(6, backbone="mamba").backbone.mixers[0].dt_rank == 32  # ceil(512 / 16)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_bf16_autocast_gives_finite_losses_and_gradients(backbone):
+    model = small_model(backbone=backbone)
     batch = synthetic_batch(2, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, parts = model.loss(batch)
@@ -312,6 +334,10 @@ def test_bad_config_raises_a_clear_error():
         WorldModel(3, image_size=60)
     with pytest.raises(ValueError, match="num_actions"):
         WorldModel(0)
+    with pytest.raises(ValueError, match="backbone must be one of mamba2, mamba, transformer, gru"):
+        WorldModel(3, backbone="lstm")
+    with pytest.raises(ValueError, match="num_heads"):
+        WorldModel(3, backbone="transformer", num_heads=0)
 
 
 def test_encoder_in_eval_mode_folds_batchnorm_exactly():
