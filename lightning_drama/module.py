@@ -193,6 +193,28 @@ class DramaModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         # Trainer.log_dir is a collective under DDP: every rank asks here, rank 0 writes later.
         self._log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        self._warn_if_beyond_the_attention_window()
+
+    def _warn_if_beyond_the_attention_window(self) -> None:
+        """The Transformer attends to its last `max_length` steps; the reference sizes it to its
+        longest sequence, so that nothing is cut. Say so when a config makes it shorter."""
+        wm, datamodule = self.world_model, self.trainer.datamodule
+        if wm.backbone_kind != "transformer" or datamodule is None:
+            return
+        hp = self.hparams
+        longest = max(
+            getattr(datamodule, "seq_len", 0),
+            getattr(datamodule, "imagine_context", 0) + hp.imagine_horizon,
+            hp.acting_context if hp.acting == "reference" else 0,
+        )
+        if longest > wm.backbone.max_length:
+            rank_zero_warn(
+                f"model.world_model.max_length is {wm.backbone.max_length} but sequences here are "
+                f"up to {longest} steps long (data.seq_len, imagination's context + horizon, the "
+                "acting context): the Transformer will attend only to the last "
+                f"{wm.backbone.max_length} steps of them. Set --model.world_model.max_length "
+                f"{longest} to attend to all of them, as the reference does."
+            )
 
     def on_train_start(self) -> None:
         # A resumed run may change the learning rates (cli.CHANGEABLE_ON_RESUME); the optimiser

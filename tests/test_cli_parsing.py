@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import yaml
 
@@ -216,3 +218,21 @@ def test_checkpoint_names_and_urls_are_left_to_lightning():
     for name in (None, "last", "best", "hpc", "registry", "registry:drama:latest", "s3://b/x.ckpt"):
         assert not _is_local_file_path(name), name
     assert _is_local_file_path("runs/debug/version_0/checkpoints/last.ckpt")
+
+
+def test_a_transformer_window_shorter_than_the_sequences_is_warned_about():
+    from types import SimpleNamespace
+
+    small = dict(encoder_channels=[4, 4], stoch=4, classes=4, d_model=16, n_layers=1,
+                 head_hidden=8, num_heads=2, backbone="transformer")  # fmt: skip
+    data = SimpleNamespace(seq_len=16, imagine_context=4)
+    for max_length, warned in ((16, False), (15, True)):
+        module = DramaModule(
+            num_actions=3, imagine_horizon=8, world_model={**small, "max_length": max_length}
+        )
+        module._trainer = SimpleNamespace(datamodule=data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module._warn_if_beyond_the_attention_window()
+        messages = [str(w.message) for w in caught]
+        assert any("--model.world_model.max_length 16" in m for m in messages) == warned, messages
