@@ -66,7 +66,7 @@ class WorldModel(nn.Module):
         expand: inner width = expand * d_model (2).
         headdim: Mamba-2 head size (64).
         ngroups: B/C groups (1).
-        chunk_size: SSD chunk length (64); Mamba-1's scan chunk.
+        chunk_size: Mamba-2's SSD chunk length (64).
         dt_rank: Mamba-1's step-size projection rank ("auto": ceil(d_model / 16)).
         num_heads: Transformer heads (8).
         max_length: Transformer attention window and learned positions (128: the reference's

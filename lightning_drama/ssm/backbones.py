@@ -51,8 +51,8 @@ def build_backbone(
             "gru".
         d_model: width of the input and output. n_layers: number of blocks / GRU layers.
         d_state, d_conv, expand: SSM state size, causal conv width, inner-width factor (Mamba-1/2).
-        headdim, ngroups, chunk_size: Mamba-2 head size, B/C groups and SSD chunk length; Mamba-1
-            uses `chunk_size` for its scan's chunks.
+        headdim, ngroups, chunk_size: Mamba-2 head size, B/C groups and SSD chunk length (Mamba-1's
+            scan keeps its own tuned chunk, `selective_scan.DEFAULT_CHUNK_SIZE`).
         dt_rank: Mamba-1's rank of the step-size projection ("auto": ceil(d_model / 16)).
         num_heads: Transformer heads.
         max_length: Transformer attention window and number of learned positions (the reference
@@ -80,7 +80,7 @@ def build_backbone(
 
         return MambaBackbone(
             d_model, n_layers, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
-            chunk_size=chunk_size, dropout=dropout, force_torch=force_torch, norm_eps=norm_eps,
+            dropout=dropout, force_torch=force_torch, norm_eps=norm_eps,
         )  # fmt: skip
     if kind == "transformer":
         from lightning_drama.ssm.transformer import TransformerBackbone

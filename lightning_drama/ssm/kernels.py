@@ -87,3 +87,42 @@ def fused_conv(xBC, weight, bias, conv_state, reset):  # pragma: no cover - CUDA
         x, weight, bias, seq_idx=seq_idx, initial_states=initial, activation="silu"
     )
     return out.transpose(1, 2)[:, -length:]
+
+
+# --- Mamba-1: mamba-ssm's selective scan ----------------------------------------------------
+
+try:  # pragma: no cover - needs CUDA
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+except Exception:  # noqa: BLE001
+    selective_scan_fn = None
+
+
+def use_fused_selective_scan(
+    x: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    reset: torch.Tensor | None,
+    force_torch: bool,
+) -> bool:
+    """The fused Mamba-1 scan runs on CUDA tensors and has neither an initial state nor resets:
+    only a fresh start (no state, no reset after position 0) can use it."""
+    if selective_scan_fn is None or force_torch or not x.is_cuda or initial_state is not None:
+        return False
+    return reset is None or not bool(reset[:, 1:].any())  # pragma: no cover - CUDA
+
+
+def fused_selective_scan(u, delta, A, B, C, D, z, delta_bias):  # pragma: no cover - CUDA
+    """`selective_scan(..., delta_softplus=True)` from a zero state through mamba-ssm's
+    `selective_scan_fn`; u, delta, z [b, L, d], B, C [b, L, n] (its layout is channel-first)."""
+    y, last_state = selective_scan_fn(
+        u.transpose(1, 2),
+        delta.transpose(1, 2),
+        A.float(),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        D.float(),
+        z=z.transpose(1, 2),
+        delta_bias=delta_bias.float(),
+        delta_softplus=True,
+        return_last_state=True,
+    )
+    return y.transpose(1, 2), last_state.float()

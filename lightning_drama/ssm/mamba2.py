@@ -16,21 +16,14 @@ from torch import nn
 
 from lightning_drama.checks import ConfigError
 from lightning_drama.ssm import kernels
-from lightning_drama.ssm.norm import GatedRMSNorm, RMSNorm
+from lightning_drama.ssm.norm import GatedRMSNorm
+from lightning_drama.ssm.residual import ResidualStack
+from lightning_drama.ssm.residual import check_reset as _check_reset
+from lightning_drama.ssm.residual import state_dtype as _state_dtype
 from lightning_drama.ssm.ssd import ssd_scan, ssd_step
 
 Tensor = torch.Tensor
 State = tuple[Tensor, ...]
-
-
-def _state_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    # SSM states live in fp32 (fp64 for fp64 models) whatever the autocast dtype.
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
-
-
-def _check_reset(reset: Tensor | None, shape: tuple[int, ...], what: str) -> None:
-    if reset is not None and tuple(reset.shape) != shape:
-        raise ValueError(f"{what}: reset must have shape {shape}, got {tuple(reset.shape)}")
 
 
 class Mamba2(nn.Module):
@@ -222,8 +215,8 @@ class Mamba2(nn.Module):
         return self.out_proj(y), (window[:, 1:], ssm_state)
 
 
-class Mamba2Backbone(nn.Module):
-    """Pre-norm residual stack of Mamba-2 layers with a final RMSNorm.
+class Mamba2Backbone(ResidualStack):
+    """Pre-norm residual stack of Mamba-2 layers with a final RMSNorm (`ResidualStack`).
 
     The residual stream is kept in fp32 (fp64 for fp64 inputs) under autocast; each layer adds
     `dropout(mixer(norm(residual)))`. The state is the flat tuple
@@ -237,6 +230,8 @@ class Mamba2Backbone(nn.Module):
         norm_eps: epsilon of the block norms, the final norm and each mixer's gated norm (1e-5,
             mamba-ssm's `norm_epsilon` and `RMSNormGated` default, which the reference uses).
     """
+
+    kind = "mamba2"
 
     def __init__(
         self,
@@ -252,14 +247,8 @@ class Mamba2Backbone(nn.Module):
         force_torch: bool = False,
         norm_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
-        if n_layers < 1:
-            raise ConfigError(f"Mamba2Backbone: n_layers must be >= 1, got {n_layers}")
-        self.d_model = d_model
-        self.n_layers = n_layers
-        self.norms = nn.ModuleList(RMSNorm(d_model, eps=norm_eps) for _ in range(n_layers))
-        self.mixers = nn.ModuleList(
-            Mamba2(
+        def make_mixer() -> Mamba2:
+            return Mamba2(
                 d_model,
                 d_state,
                 d_conv,
@@ -270,64 +259,5 @@ class Mamba2Backbone(nn.Module):
                 force_torch=force_torch,
                 norm_eps=norm_eps,
             )
-            for _ in range(n_layers)
-        )
-        self.final_norm = RMSNorm(d_model, eps=norm_eps)
-        # mamba-ssm's `_init_weights` (GPT-2's scheme), which the reference uses: each residual
-        # branch's output projection scaled by 1 / sqrt(n_layers).
-        with torch.no_grad():
-            for mixer in self.mixers:
-                mixer.out_proj.weight.div_(math.sqrt(n_layers))
-        self.dropout = nn.Dropout(dropout)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        return tuple(s for mixer in self.mixers for s in mixer.initial_state(batch_size, device))
-
-    def _layer_states(self, state: State | None, batch_size: int) -> list[State | None]:
-        if state is None:
-            return [None] * self.n_layers
-        if len(state) != 2 * self.n_layers:
-            raise ValueError(
-                f"Mamba2Backbone: state must hold {2 * self.n_layers} tensors "
-                f"(conv and ssm per layer), got {len(state)}"
-            )
-        for s in state:
-            if s.shape[0] != batch_size:
-                raise ValueError(
-                    f"Mamba2Backbone: state batch {s.shape[0]} != input batch {batch_size}"
-                )
-        return [(state[2 * i], state[2 * i + 1]) for i in range(self.n_layers)]
-
-    def _run(
-        self, x: Tensor, state: State | None, reset: Tensor | None, one_step: bool
-    ) -> tuple[Tensor, State]:
-        """The residual stack: `mixer.step` per layer when `one_step`, else `mixer.forward`."""
-        residual = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        new_state: list[Tensor] = []
-        for norm, mixer, layer_state in zip(
-            self.norms, self.mixers, self._layer_states(state, x.shape[0]), strict=True
-        ):
-            run = mixer.step if one_step else mixer
-            h, s = run(norm(residual), layer_state, reset)
-            residual = residual + self.dropout(h).to(residual.dtype)
-            new_state.extend(s)
-        return self.final_norm(residual), tuple(new_state)
-
-    def forward(
-        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
-    ) -> tuple[Tensor, State]:
-        """x: [B, L, d_model], reset: [B, L] bool -> (y [B, L, d_model] fp32, state)."""
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"Mamba2Backbone: expected input [B, L, {self.d_model}], got {tuple(x.shape)}"
-            )
-        _check_reset(reset, tuple(x.shape[:2]), "Mamba2Backbone.forward")
-        return self._run(x, state, reset, one_step=False)
-
-    def step(self, x: Tensor, state: State, reset: Tensor | None = None) -> tuple[Tensor, State]:
-        """x: [B, d_model], reset: [B] bool -> (y [B, d_model] fp32, state)."""
-        if x.dim() != 2 or x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"Mamba2Backbone.step: expected input [B, {self.d_model}], got {tuple(x.shape)}"
-            )
-        return self._run(x, state, reset, one_step=True)
+        super().__init__(d_model, n_layers, make_mixer, dropout=dropout, norm_eps=norm_eps)
