@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="L up to 1024, 2 rounds")
-    parser.add_argument("--tiny", action="store_true", help="d_model 64, L up to 256 (tests)")
+    parser.add_argument("--tiny", action="store_true", help="d_model 64, L up to 64 (tests)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     args = parser.parse_args(argv)
     d_model, rounds = (64, 1) if args.tiny else (512, 2 if args.quick else args.rounds)
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.quick:
         lengths = lengths[:4]
     if args.tiny:
-        lengths = [128, 256]
-    contexts = [16, 128] if args.tiny else [16, 128, 1024]
+        lengths = [32, 64]
+    contexts = [4, 8] if args.tiny else [16, 128, 1024]
+    batch, train_length = (2, 32) if args.tiny else (16, 128)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {d_model}, "
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     names = [BACKBONE_NAMES[kind] for kind in BACKBONES]
 
-    train = bench_training(d_model, 16, 128, rounds)
-    print("\n1. Forward + backward at the training shape (batch 16, L = 128)\n")
+    train = bench_training(d_model, batch, train_length, rounds)
+    print(f"\n1. Forward + backward at the training shape (batch {batch}, L = {train_length})\n")
     print("| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     print("| ms | " + " | ".join(f"{train[k] * 1e3:.1f}" for k in BACKBONES) + " |")
     print(
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for kind in BACKBONES:
         print(f"  {BACKBONE_NAMES[kind]}: {per_length[kind][long] / per_length[kind][short]:.2f}")
 
-    step = bench_step(d_model, contexts, batch=64, steps=8, rounds=rounds)
+    step = bench_step(d_model, contexts, batch=8 if args.tiny else 64, steps=8, rounds=rounds)
     print("\n3. step per token (batch 64) after a context, ms\n")
     print("| context | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for ctx in contexts:
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     bound = 0.625 * long / short  # 10 for 2048 / 256
     print(f"  Mamba-1 t({long}) / t({short}) = {growth_m1:.2f} (target <= {bound:.0f}): "
           f"{'met' if growth_m1 <= bound else 'NOT met'}")  # fmt: skip
-    print(f"  Mamba-1 / Mamba-2 at L = 128, batch 16 = {vs_m2:.2f}x (target <= 3x): "
+    print(f"  Mamba-1 / Mamba-2 at L = {train_length}, batch {batch} = {vs_m2:.2f}x "
+          "(target <= 3x): "
           f"{'met' if vs_m2 <= 3 else 'NOT met'}")  # fmt: skip
     print(f"  Transformer step({c1}) / step({c0}) = {growth_step:.2f} (linear: {c1 / c0:.0f}): "
           f"{'met' if growth_step <= c1 / c0 else 'NOT met'}")  # fmt: skip

@@ -123,3 +123,12 @@ def test_malloc_tuning_modes(monkeypatch):
     assert allocator.tune_malloc() == "off" and len(thresholds) == 3
     with pytest.raises(ValueError, match="DRAMA_MALLOC_TUNING"):
         allocator.tune_malloc("lots")
+
+
+def test_backbones_benchmark_times_all_four_at_tiny_size():
+    from benchmarks.backbones import main as backbones
+
+    result = backbones(["--tiny"])
+    kinds = {"mamba2", "mamba", "transformer", "gru"}
+    assert set(result["train"]) == kinds and set(result["step"]) == kinds
+    assert all(t > 0 for per_length in result["lengths"].values() for t in per_length.values())
