@@ -4,6 +4,7 @@ The chunked scan (with its hand-written backward pass) against the sequential lo
 the sequence-model contract of `MambaBackbone`, as tests/test_mamba2.py checks it for Mamba-2.
 """
 
+import importlib
 import itertools
 import math
 
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 
 from lightning_drama.checks import ConfigError
 from lightning_drama.ssm import kernels
-from lightning_drama.ssm import selective_scan as scan_module
 from lightning_drama.ssm.backbones import build_backbone
 from lightning_drama.ssm.mamba1 import Mamba, MambaBackbone
 from lightning_drama.ssm.mamba2 import Mamba2Backbone
@@ -23,6 +23,8 @@ from lightning_drama.ssm.selective_scan import (
     selective_scan_step,
 )
 
+# The module (the package's attribute of that name is the function).
+scan_module = importlib.import_module("lightning_drama.ssm.selective_scan")
 F64 = torch.float64
 
 

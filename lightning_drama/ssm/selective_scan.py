@@ -11,15 +11,19 @@ the decay differs per (d, n), so there is no matrix-product (SSD) form: the stat
 are computed elementwise, as the first-order linear recurrence h_t = a_t * h_{t-1} + x_t.
 
 `selective_scan` runs it chunk by chunk (chunks of `chunk_size` steps, the state carried from one
-to the next), each chunk by a work-efficient odd-even parallel scan (`_scan_`): pairs of
-neighbours are combined into a recurrence of half the length, solved recursively, and the other
+to the next: linear in L), each chunk by a work-efficient odd-even parallel scan (`_scan_`): pairs
+of neighbours are combined into a recurrence of half the length, solved recursively, and the other
 half filled in from it, so a chunk of T steps costs ~3 elementwise passes over its [b, T, D, N]
-states and log2(T) levels of small kernels, never a Python loop over time steps. Every
-coefficient it forms is a product of decays a <= 1, so nothing can overflow (unlike the
-`exp(cumsum)` / `exp(-cumsum)` factorisation). Its backward pass is written by hand
-(`_SelectiveScanFn`): only the state entering each chunk is kept, and each chunk's states are
-recomputed during the backward pass, so memory is O(b * L * D * N / chunk_size), not
-O(b * L * D * N), and the gradient of the recurrence is the same scan run backwards in time.
+states in log2(T) levels, never a Python loop over time steps. Every coefficient it forms is a
+product of decays a <= 1, so nothing can overflow (unlike an `exp(cumsum)` / `exp(-cumsum)`
+factorisation); products that would underflow into subnormal numbers are flushed to 0 (`_FLUSH`).
+
+Its backward pass is written by hand (`_SelectiveScanFn`): the gradient of the recurrence is the
+same scan run backwards in time. Only the state entering each chunk is kept from the forward pass
+and each chunk's decays and states are recomputed in the backward pass, so the memory is
+O(b L D N / chunk_size) rather than O(b L D N). The batch is processed in tiles of rows sized so
+that a chunk's few [rows, T, D, N] buffers (`WORKSPACE_BYTES`) stay in the CPU's caches and are
+reused from chunk to chunk. Double backward is not supported.
 
 `selective_scan_reference` is the plain sequential loop, the ground truth for the tests;
 `selective_scan_step` is one step of the recurrence, for decoding.
@@ -35,9 +39,11 @@ from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
 
-# Steps per chunk of `selective_scan`. Tuned on CPU (fp32, d_inner 1024, d_state 16, batch 16):
-# see the Mamba-1 note in DESIGN.md / the measurements in `MambaBackbone`'s docstring.
-DEFAULT_CHUNK_SIZE = 32
+# Steps per chunk of `selective_scan`: the depth of each chunk's parallel scan (log2) and the
+# unit of recomputation (the backward pass keeps one [b, D, N] state per chunk). Measured on a
+# 2-core CPU, `MambaBackbone(512, 2)` forward + backward at batch 16, fp32: chunks of 4 to 16
+# steps are within noise of each other (4-8 slightly ahead at L = 128), 32 and more are slower.
+DEFAULT_CHUNK_SIZE = 8
 
 
 def _check_inputs(
@@ -176,9 +182,11 @@ def _flush_floor(delta: Tensor, A: Tensor, chunk_size: int) -> float:
     return 0.0 if chunk_size * lowest >= math.log(floor) else floor
 
 
-# Bytes of one [rows, T, D, N] workspace buffer: the scan runs on tiles of this many batch rows
-# (at least one), so that its few buffers stay in the CPU's caches whatever the batch size.
-WORKSPACE_BYTES = 4 << 20
+# Bytes of one [rows, T, D, N] workspace buffer: the scan runs on tiles of as many batch rows as
+# fit (at least one), so that its five buffers stay in the CPU's last-level cache whatever the
+# batch size. Smaller tiles (2-4 MiB) measured no faster, and more tiles mean more small kernels,
+# which slow down most when another process competes for the cores.
+WORKSPACE_BYTES = 8 << 20
 
 
 class _Workspace:
@@ -248,12 +256,14 @@ class _SelectiveScanFn(torch.autograd.Function):
         work = _Workspace(u, (rows, T, d, n), ("a", "h", "scratch"))
         floor = _flush_floor(delta, A, chunk_size)
         y = u.new_empty(b, L, d)
-        starts = u.new_empty(-(-L // T), b, d, n)  # the state entering each chunk
+        # The state entering each chunk, for the backward pass (none is needed without one).
+        starts = u.new_empty(-(-L // T), b, d, n) if any(ctx.needs_input_grad[:6]) else None
         last = u.new_empty(b, d, n)
         for rs, chunks in tiles:
             h_in = h0[rs]
             for k, ts in chunks:
-                h_in = starts[k, rs].copy_(h_in)
+                # A copy: the workspace holding h_in is overwritten next.
+                h_in = h_in.clone() if starts is None else starts[k, rs].copy_(h_in)
                 u_k, delta_k, B_k = u[rs, ts], delta[rs, ts], B[rs, ts]
                 a, h = work("a", u_k), work("h", u_k)
                 reset_k = None if reset is None else reset[rs, ts]
@@ -427,8 +437,9 @@ def selective_scan_step(
         delta = _discretize_delta(
             delta, None if delta_bias is None else delta_bias.to(dtype), delta_softplus
         )
-        decay = torch.exp(delta.unsqueeze(-1) * A)  # [b, D, N]
-        state = torch.addcmul(state * decay, (delta * uf).unsqueeze(-1), B.unsqueeze(1))
+        # Two new [b, D, N] tensors (the largest here: 64 MB at batch 1024), then in place.
+        decay = torch.mul(delta.unsqueeze(-1), A).exp_()
+        state = (state * decay).addcmul_((delta * uf).unsqueeze(-1), B.unsqueeze(1))
         y = torch.bmm(state, C.unsqueeze(-1)).squeeze(-1)  # [b, D]
         y = _output(y, uf, None if D is None else D.to(dtype), None if z is None else z.to(dtype))
     return y.to(u.dtype), state
