@@ -191,6 +191,29 @@ def test_a_directory_holds_one_experiment(tmp_path):
         bench._record_benchmark(str(tmp_path), args, ["a.yaml"], ["--model.wm_lr=2"], ["G/1"])
 
 
+def test_the_drivers_first_ctrl_c_is_a_flag_the_second_raises():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with bench._ctrl_c_as_a_flag() as stop_requested:
+        assert not stop_requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs at the next bytecode boundary
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_driver_leaves_an_ignored_sigint_alone():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with bench._ctrl_c_as_a_flag() as stop_requested:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert not stop_requested()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_board_counts_steps_and_estimates_the_time_left(tmp_path, monkeypatch):
     runs = bench.plan(str(tmp_path), ["G/1"], 3)
     clock = [1000.0]
@@ -238,6 +261,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """In the benchmark's process: SIGINT as in a terminal, whatever this pytest inherited (a
+    background job ignores it, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def status(out: Path, game: str, seed: int) -> dict:
     return json.loads((out / game / f"seed_{seed}" / bench.STATUS_FILE).read_text())
 
@@ -253,7 +283,7 @@ def test_stopped_benchmark_resumes_retries_and_reports(tmp_path):
                                 "catch_env:BrokenCatch", 2, retries=1)  # fmt: skip
     first = subprocess.Popen(
         command, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     catch = [out / "catch_env_Catch" / f"seed_{s}" / "version_0" / "checkpoints" / "last.ckpt"
              for s in (0, 1)]  # fmt: skip
@@ -261,6 +291,7 @@ def test_stopped_benchmark_resumes_retries_and_reports(tmp_path):
     while not all(path.exists() for path in catch) and first.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.5)
+    assert first.poll() is None, "the benchmark ended before both Catch runs wrote last.ckpt"
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=300)
     assert first.returncode == 130, output

@@ -725,44 +725,49 @@ def _drive(ray, args, out, runs, todo, configs, overrides) -> int:
     last_line = time.monotonic()
     failed = False
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                run = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker died, out of memory, ...
-                    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
-                    result = {"state": "failed", "returncode": None, "error": lines[-1][:500]}
-                    # The pid stays: the next attempt waits for that fit to end.
-                    update_status(run, state="failed", error=result["error"])
-                if result["state"] == "interrupted":  # someone wrote OUT/stop
-                    states[run] = "interrupted"
-                    print(f"stopped: {run.label}", flush=True)
-                    continue
-                if result["state"] == "done":
-                    states[run] = "done"
-                    records = evaluations(run)
-                    score = f", final return {records[-1]['return_mean']:.2f}" if records else ""
-                    print(f"done: {run.label}{score}", flush=True)
-                    continue
-                code = result.get("returncode")
-                retry = code not in NO_RETRY_CODES and tries[run] <= args.retries
-                print(
-                    f"failed: {run.label} (try {tries[run]} of {args.retries + 1}): "
-                    f"{result['error']}" + ("; retrying" if retry else ""),
-                    flush=True,
-                )
-                if retry:
-                    submit(run)
-                else:
-                    states[run] = "failed"
-                    failed = True
-            for run in pending.values():
-                states[run] = read_status(run)["state"]
-            if time.monotonic() - last_line >= args.status_every:
-                board.show(states)
-                last_line = time.monotonic()
+        with _ctrl_c_as_a_flag() as stop_requested:
+            while pending:
+                if stop_requested():
+                    raise KeyboardInterrupt
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    run = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as error:  # the worker died, out of memory, ...
+                        lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+                        result = {"state": "failed", "returncode": None, "error": lines[-1][:500]}
+                        # The pid stays: the next attempt waits for that fit to end.
+                        update_status(run, state="failed", error=result["error"])
+                    if result["state"] == "interrupted":  # someone wrote OUT/stop
+                        states[run] = "interrupted"
+                        print(f"stopped: {run.label}", flush=True)
+                        continue
+                    if result["state"] == "done":
+                        states[run] = "done"
+                        records = evaluations(run)
+                        score = (
+                            f", final return {records[-1]['return_mean']:.2f}" if records else ""
+                        )
+                        print(f"done: {run.label}{score}", flush=True)
+                        continue
+                    code = result.get("returncode")
+                    retry = code not in NO_RETRY_CODES and tries[run] <= args.retries
+                    print(
+                        f"failed: {run.label} (try {tries[run]} of {args.retries + 1}): "
+                        f"{result['error']}" + ("; retrying" if retry else ""),
+                        flush=True,
+                    )
+                    if retry:
+                        submit(run)
+                    else:
+                        states[run] = "failed"
+                        failed = True
+                for run in pending.values():
+                    states[run] = read_status(run)["state"]
+                if time.monotonic() - last_line >= args.status_every:
+                    board.show(states)
+                    last_line = time.monotonic()
     except KeyboardInterrupt:
         _stop(ray, out, pending)
         print(summary_table(runs))
@@ -776,6 +781,30 @@ def _drive(ray, args, out, runs, todo, configs, overrides) -> int:
     print(summary_table(runs))
     print(f"report: python -m lightning_drama.benchmark report {out}", flush=True)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_a_flag():
+    """Within: the first SIGINT only sets a flag, which the driver's loop polls (once a second).
+    A KeyboardInterrupt raised inside a Ray call can be lost there (seen in CI: Ctrl-C while the
+    loop waited on Ray, and the benchmark ran on to the end); a flag cannot. A second SIGINT raises
+    at once. Where SIGINT is not Python's default handler (ignored in a background job), it is left
+    alone."""
+    requested = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _stop(ray, out: str, pending: dict[Any, Run]) -> None:
