@@ -43,7 +43,7 @@ def test_laprop_decoupled_weight_decay_and_defaults():
     # p <- p * (1 - lr * wd) - lr * sign(g)
     torch.testing.assert_close(p.detach(), torch.tensor([2.0 * (1 - 0.05) - 0.1]))
     defaults = LaProp([torch.nn.Parameter(torch.zeros(1))]).defaults
-    assert defaults == dict(lr=4e-5, betas=(0.9, 0.999), eps=1e-20, weight_decay=1e-4)
+    assert defaults == dict(lr=4e-5, betas=(0.9, 0.999), eps=1e-20, weight_decay=1e-4, foreach=True)
     with pytest.raises(ValueError):
         LaProp([p], lr=-1.0)
 
@@ -90,3 +90,119 @@ def test_laprop_bias_correction_follows_a_changing_lr():
         sched.step()
         assert (before - p.detach()).item() == pytest.approx(lr), k
     assert math.isclose(opt.param_groups[0]["lr"], 1.0)
+
+
+def _params(dtype=torch.float64) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 2), ()]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def _run(opt: LaProp, params, grads_per_step, lrs) -> None:
+    for grads, lr in zip(grads_per_step, lrs, strict=True):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for p, g in zip(params, grads, strict=True):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+
+
+def _grads(params, steps: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        [
+            None if (k == 2 and i == 1) else torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            for i, p in enumerate(params)
+        ]
+        for k in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_foreach_step_equals_the_per_tensor_loop(weight_decay):
+    """Several tensors, a changing lr (warm-up), a parameter without gradient in one step."""
+    a, b = _params(), _params()
+    grads, lrs = _grads(a, 6), [0.01 * (k + 1) for k in range(6)]
+    _run(LaProp(a, betas=(0.8, 0.9), eps=1e-8, weight_decay=weight_decay), a, grads, lrs)
+    reference = LaProp(b, betas=(0.8, 0.9), eps=1e-8, weight_decay=weight_decay, foreach=False)
+    _run(reference, b, grads, lrs)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+
+
+def test_a_skipped_step_changes_nothing_and_needs_no_host_read():
+    """skip_next_step_if(flag): with NaN / inf gradients, parameters and every state tensor
+    stay as they were (also on the very first step); the following steps match a run that never
+    saw the skipped one."""
+    a, b = _params(), _params()
+    opt_a, opt_b = LaProp(a, lr=0.05, weight_decay=0.1), LaProp(b, lr=0.05, weight_decay=0.1)
+    grads = _grads(a, 4)
+    poisoned = [torch.full_like(p, float("nan")) for p in a]
+    poisoned[0][0, 0] = float("inf")
+    for p, g in zip(a, poisoned, strict=True):  # step 1 skipped, before any state exists
+        p.grad = g
+    before = [p.detach().clone() for p in a]
+    opt_a.skip_next_step_if(torch.tensor(True))
+    opt_a.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, before, strict=True))
+    for state in opt_a.state.values():
+        assert state["step"] == 0 and state["exp_avg_lr"] == 0
+        assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    _run(opt_a, a, grads[:2], [0.05] * 2)
+    _run(opt_b, b, grads[:2], [0.05] * 2)
+    for p, g in zip(a, poisoned, strict=True):  # a skip between steps
+        p.grad = g
+    snapshot = {k: v.clone() for s in opt_a.state.values() for k, v in s.items()}
+    opt_a.skip_next_step_if(torch.tensor(True))
+    opt_a.step()
+    assert {k: v for s in opt_a.state.values() for k, v in s.items()}.keys() == snapshot.keys()
+    opt_a.skip_next_step_if(torch.tensor(False))  # a false flag: an ordinary step
+    _run(opt_a, a, grads[2:], [0.05] * 2)
+    _run(opt_b, b, grads[2:], [0.05] * 2)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-15)
+
+
+def test_the_per_tensor_loop_honours_the_skip_flag_too():
+    (p,) = _params()[:1]
+    opt = LaProp([p], foreach=False)
+    p.grad = torch.full_like(p, float("nan"))
+    before = p.detach().clone()
+    opt.skip_next_step_if(torch.tensor(True))
+    opt.step()
+    assert torch.equal(p, before)
+
+
+def test_state_dict_round_trip_and_older_checkpoints_continue_identically():
+    """State saved by this LaProp, and state in the older layout (a Python int step and float
+    n_t), both resume to the same parameters as an uninterrupted run."""
+    straight, resumed, old = _params(), _params(), _params()
+    grads, lrs = _grads(straight, 6), [0.02] * 6
+    _run(LaProp(straight), straight, grads, lrs)
+    first = LaProp(resumed)
+    _run(first, resumed, grads[:3], lrs[:3])
+    saved = first.state_dict()
+    legacy = {
+        "state": {
+            k: {
+                "exp_avg": v["exp_avg"].clone(),  # load_state_dict keeps the tensors it is given
+                "exp_avg_sq": v["exp_avg_sq"].clone(),
+                "step": int(v["step"]),
+                "exp_avg_lr": float(v["exp_avg_lr"]),
+            }
+            for k, v in saved["state"].items()
+        },
+        "param_groups": [
+            {k: v for k, v in g.items() if k != "foreach"} for g in saved["param_groups"]
+        ],
+    }
+    for p, q in zip(old, resumed, strict=True):
+        p.data.copy_(q.data)
+    second, third = LaProp(resumed), LaProp(old)
+    second.load_state_dict(saved)
+    third.load_state_dict(legacy)
+    _run(second, resumed, grads[3:], lrs[3:])
+    _run(third, old, grads[3:], lrs[3:])
+    for x, y, z in zip(straight, resumed, old, strict=True):
+        assert torch.equal(x, y)
+        torch.testing.assert_close(x, z, rtol=1e-14, atol=1e-15)
