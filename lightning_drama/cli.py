@@ -169,7 +169,9 @@ class DramaCLI(LightningCLI):
 
 
 # Model settings a resumed run (or an evaluation) may change: the checkpoint holds the others.
-CHANGEABLE_ON_RESUME = ("wm_lr", "ac_lr", "eval_greedy", "divergence_patience")
+CHANGEABLE_ON_RESUME = (
+    "wm_lr", "ac_lr", "eval_greedy", "divergence_patience", "compile", "compile_mode"
+)  # fmt: skip
 
 
 def load_checkpoint_file(path: str) -> dict:

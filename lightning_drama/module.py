@@ -22,6 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torchmetrics import CatMetric, MeanMetric
 
+from lightning_drama import sync
 from lightning_drama.agent import ActorCritic
 from lightning_drama.checks import ConfigError, check_choice, check_float, check_int
 from lightning_drama.optim import LaProp, linear_warmup
@@ -33,6 +34,7 @@ from lightning_drama.world_model import WorldModel
 EVALUATIONS_FILE = "evaluations.jsonl"  # in the run directory, one line per evaluation during fit
 # Hyperparameters a checkpoint must share with the model it is loaded into.
 _ARCHITECTURE_KEYS = ("num_actions", "world_model", "actor_critic")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_component_keys(
@@ -114,6 +116,11 @@ class DramaModule(pl.LightningModule):
             is skipped with a warning (as AMP's loss scaler does); after this many such updates
             in a row, or as many with an exactly zero world-model gradient (a dead model), the run
             stops with an error, leaving the checkpoints written before untouched.
+        compile: `torch.compile` the world-model loss, one imagination step
+            (`WorldModel.imagine_step`) and the actor's `act` for training (off: eager). The first
+            updates then take the compile time. Evaluation and acting stay eager.
+        compile_mode: `torch.compile`'s mode; None: "reduce-overhead" (CUDA graphs) on CUDA,
+            "default" elsewhere.
     """
 
     def __init__(
@@ -132,6 +139,8 @@ class DramaModule(pl.LightningModule):
         acting: str = "reference",
         acting_context: int = 16,
         divergence_patience: int = 20,
+        compile: bool = False,  # noqa: A002 (the flag is --model.compile)
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         check_float("model", "wm_lr", wm_lr, above=0.0)
@@ -147,6 +156,10 @@ class DramaModule(pl.LightningModule):
         check_choice("model", "acting", acting, ACTING_MODES)
         check_int("model", "acting_context", acting_context, 1)
         check_int("model", "divergence_patience", divergence_patience, 1)
+        if not isinstance(compile, bool):
+            raise ConfigError(f"model.compile must be true or false, got {compile!r}")
+        if compile_mode is not None:
+            check_choice("model", "compile_mode", compile_mode, COMPILE_MODES)
         check_component_keys(world_model, actor_critic)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -171,8 +184,13 @@ class DramaModule(pl.LightningModule):
         # Env steps this model was trained on (all processes), saved with it for evaluations.
         self.register_buffer("trained_env_steps", torch.zeros((), dtype=torch.long))
         self._grad_norms: dict[str, torch.Tensor] = {}
-        self._skipped: set[str] = set()  # parts whose step this update skipped (non-finite)
-        self._bad_updates = 0  # consecutive updates with a skipped step or a dead world model
+        # Kept on the device, read every `_health_check_every()` updates (see _watch_divergence):
+        # [bad updates in a row now, most in a row since the last read, bad since the last read,
+        #  the last bad one's flags: world model non-finite, actor-critic non-finite, dead world
+        #  model (an exactly zero gradient)].
+        self.register_buffer("_health", torch.zeros(6, dtype=torch.long), persistent=False)
+        self._warned_streak = False  # this streak of bad updates was reported already
+        self._compiled: dict[str, Any] | None = None  # built at the first update (compile=True)
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -249,12 +267,11 @@ class DramaModule(pl.LightningModule):
         wm_opt, ac_opt = self.optimizers()
         wm_sched, ac_sched = self.lr_schedulers()
 
-        wm_loss, wm_parts = self.world_model.loss(batch)
-        if not torch.isfinite(wm_loss):
-            # A broken world model would only feed NaN into imagination: skip the whole update.
-            self._skipped.update(("wm", "ac"))
-            self._watch_divergence()
-            return
+        # No host sync here except on logging steps: a non-finite loss or gradient is caught by
+        # its gradient norm, and the optimiser skips that step on the device (see
+        # on_before_optimizer_step); imagination then starts from the unchanged world model.
+        fns = self._training_functions()
+        wm_loss, wm_parts = fns["wm_loss"](batch)
         wm_opt.zero_grad(set_to_none=True)
         self.manual_backward(wm_loss)
         wm_opt.step()  # clipping happens in on_before_optimizer_step, after AMP unscaling
@@ -263,9 +280,10 @@ class DramaModule(pl.LightningModule):
         context = {key: value for key, value in batch.items() if key.startswith("start_")}
         imagined = self.world_model.imagine(
             context,
-            self.actor_critic.act,
+            fns["act"],
             self.hparams.imagine_horizon,
             reward_timing=self.actor_critic.reward_timing,
+            step=fns["imagine_step"],
         )
         ac_loss, ac_stats = self.actor_critic.loss(imagined)
         ac_opt.zero_grad(set_to_none=True)
@@ -274,7 +292,9 @@ class DramaModule(pl.LightningModule):
         ac_sched.step()
         self.actor_critic.update_slow_critic()
         self.trained_env_steps.fill_(self.env_steps)
-        self._watch_divergence()
+        self._record_health()
+        if (batch_idx + 1) % self._health_check_every() == 0:
+            self._watch_divergence()
 
         self.log("wm", wm_loss.detach(), prog_bar=True, logger=False)
         self.log("ac", ac_loss.detach(), prog_bar=True, logger=False)
@@ -296,6 +316,29 @@ class DramaModule(pl.LightningModule):
             self.log_at_env_step(metrics)
             self.log_episode_statistics()
 
+    def _training_functions(self) -> dict[str, Any]:
+        """The world-model loss, the imagination step and the actor's `act` of an update: the
+        eager methods, or (`compile=True`) their `torch.compile` d versions, built once."""
+        if not self.hparams.compile:
+            return {
+                "wm_loss": self.world_model.loss,
+                "imagine_step": None,
+                "act": self.actor_critic.act,
+            }
+        if self._compiled is None:
+            mode = self.hparams.compile_mode
+            if mode is None:
+                mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._compiled = {
+                name: torch.compile(fn, mode=mode, dynamic=False)
+                for name, fn in (
+                    ("wm_loss", self.world_model.loss),
+                    ("imagine_step", self.world_model.imagine_step),
+                    ("act", self.actor_critic.act),
+                )
+            }
+        return self._compiled
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called after AMP unscaling (16-mixed unscales inside opt.step), so clip here.
         if optimizer is self.trainer.optimizers[0]:
@@ -304,35 +347,59 @@ class DramaModule(pl.LightningModule):
             name, params = "ac", self.actor_critic.parameters()
             clip = self.actor_critic.grad_clip
         params = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip).detach()
+        norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).detach()
         self._grad_norms[name] = norm
-        if not torch.isfinite(norm):  # one host sync per step: the price of not training on NaN
-            for p in params:
-                p.grad = None  # LaProp (and AMP's scaler) leave parameters without grad alone
-            self._skipped.add(name)
+        # A non-finite gradient: LaProp leaves parameters and state alone, decided on the device.
+        optimizer.skip_next_step_if(~torch.isfinite(norm))
+
+    def _health_check_every(self) -> int:
+        """Updates between reads of the divergence counters: every update on a CPU (reading is
+        free there), on the logging steps on an accelerator (a read waits for the device)."""
+        if sync.host_reads_are_free(self.device):
+            return 1
+        return max(1, self.trainer.log_every_n_steps)
+
+    def _record_health(self) -> None:
+        """Count this update in `_health`, on the device (no host read)."""
+        wm, ac = self._grad_norms["wm"], self._grad_norms["ac"]
+        flags = torch.stack([~torch.isfinite(wm), ~torch.isfinite(ac), wm == 0]).long()
+        bad = flags.amax()
+        run, most, count = self._health[0], self._health[1], self._health[2]
+        run = (run + 1) * bad
+        self._health.copy_(
+            torch.cat(
+                [
+                    torch.stack([run, torch.maximum(most, run), count + bad]),
+                    torch.where(bad.bool(), flags, self._health[3:]),
+                ]
+            )  # fmt: skip
+        )
 
     def _watch_divergence(self) -> None:
-        """Warn about skipped steps; stop after `divergence_patience` bad updates in a row."""
-        dead = "wm" not in self._skipped and float(self._grad_norms.get("wm", 1.0)) == 0.0
-        if not self._skipped and not dead:
-            self._bad_updates = 0
+        """Read the counters: warn once per streak of updates whose step was skipped (a
+        non-finite loss or gradient, as AMP's loss scaler does) or whose world-model gradient
+        was exactly zero (a dead model); stop after `divergence_patience` of them in a row."""
+        run, most, count, wm_bad, ac_bad, dead = self._health.tolist()
+        self._health[1] = run
+        self._health[2] = 0
+        if count == 0:
+            self._warned_streak = False
             return
-        self._bad_updates += 1
         parts = " and ".join(
-            {"wm": "world-model", "ac": "actor-critic"}[n]
-            for n in sorted(self._skipped, reverse=True)
+            name for name, flag in (("world-model", wm_bad), ("actor-critic", ac_bad)) if flag
         )
         what = f"non-finite {parts} losses or gradients" if parts else "a zero world-model gradient"
-        self._skipped.clear()
-        if self._bad_updates == 1:
+        if not self._warned_streak:
             rank_zero_warn(
                 f"update at {self.env_steps:,} env steps: {what}"
-                + ("; the step was skipped" if not dead else "")
+                + ("; the step was skipped" if parts else "")
+                + (f" ({count} such updates since the last check)" if count > 1 else "")
             )
-        if self._bad_updates >= self.hparams.divergence_patience:
+        self._warned_streak = run > 0
+        if most >= self.hparams.divergence_patience:
             hp = self.hparams
             raise TrainingDiverged(
-                f"training diverged: {what} in {self._bad_updates} updates in a row (up to "
+                f"training diverged: {what} in {most} updates in a row (up to "
                 f"{self.env_steps:,} env steps). The checkpoints written before are untouched. "
                 f"Try lower learning rates (--model.wm_lr {hp.wm_lr:g}, --model.ac_lr "
                 f"{hp.ac_lr:g} now)."

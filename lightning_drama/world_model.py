@@ -220,7 +220,9 @@ class WorldModel(nn.Module):
 
     def sequence_input(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """z: [..., latent_dim], action: [...] int64 -> stem([z, onehot(a)]) [..., d_model]."""
-        a = F.one_hot(action, self.num_actions).to(z.dtype)
+        # == arange, not F.one_hot: that checks the range of `action` with a host read on a CPU
+        # (and an out-of-range action gives a zero row here instead of an error)
+        a = (action[..., None] == torch.arange(self.num_actions, device=action.device)).to(z.dtype)
         return self.stem(torch.cat([z, a], -1))
 
     def predict_reward(self, d: torch.Tensor) -> torch.Tensor:
@@ -307,6 +309,7 @@ class WorldModel(nn.Module):
         policy: Policy,
         horizon: int = 16,
         reward_timing: str = "reference",
+        step: Callable | None = None,
     ) -> dict[str, torch.Tensor]:
         """Roll the model out from real contexts with `policy`, without gradients.
 
@@ -333,6 +336,9 @@ class WorldModel(nn.Module):
         context whose last action ended the episode (`start_terminated[:, -1]`) has no successor
         state; the replay never picks such starts (`ReplayBuffer.valid_imagination_starts`), and
         nothing here masks them.
+
+        `step` replaces :meth:`imagine_step` (e.g. a `torch.compile` d version of it; its outputs
+        are cloned before the next call, as CUDA graphs reuse their output memory).
         """
         if reward_timing not in REWARD_TIMINGS:
             raise ValueError(
@@ -348,8 +354,11 @@ class WorldModel(nn.Module):
             states, actions, features = [torch.cat([z, d.to(z.dtype)], -1)], [], [d]
             for _ in range(horizon):
                 a = policy(states[-1])  # [N]
-                d, state = self.backbone.step(self.sequence_input(z, a), state)
-                z = self.sample(self.prior_logits(d))
+                if step is None:
+                    z, d, state = self.imagine_step(z, a, state)
+                else:
+                    z, d, state = step(z, a, state)
+                    z, d, state = z.clone(), d.clone(), tuple(t.clone() for t in state)
                 states.append(torch.cat([z, d.to(z.dtype)], -1))
                 actions.append(a)
                 features.append(d)
@@ -367,6 +376,14 @@ class WorldModel(nn.Module):
             "terminations": terminations,
             "cont": 1.0 - terminations,
         }
+
+    def imagine_step(
+        self, z: torch.Tensor, action: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One step of imagination: d_k = backbone.step(stem([z_k, a_k])), z_{k+1} ~ prior(d_k).
+        Returns `(z_{k+1}, d_k, state)`. Fixed shapes: the unit that `--model.compile` compiles."""
+        d, state = self.backbone.step(self.sequence_input(z, action), state)
+        return self.sample(self.prior_logits(d)), d, state
 
     def context_features(
         self, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -308,11 +309,11 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 
 def _first_update_grad_norms(
-    tmp_path: Path, plugins: list, during_fit=contextlib.nullcontext
+    tmp_path: Path, plugins: list, during_fit=contextlib.nullcontext, prepare=None, **trainer
 ) -> tuple[dict, list[float]]:
     """Trains debug.yaml (smaller still) for a few updates, with evaluation episodes at the end,
     inside `during_fit()`; returns the first update's clipped gradient norms and the AMP scaler's
-    scale at every update (empty without a scaler)."""
+    scale at every update (empty without a scaler). `prepare(model)` runs before the fit."""
     import lightning.pytorch as pl
     import yaml
 
@@ -327,6 +328,8 @@ def _first_update_grad_norms(
     datamodule = DramaDataModule(**data)
     model = DramaModule(datamodule.num_actions, **config["model"])
     norms, scales = [], []
+    if prepare is not None:
+        prepare(model)
 
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
@@ -346,6 +349,7 @@ def _first_update_grad_norms(
         num_sanity_val_steps=0,
         callbacks=[Record()],
         default_root_dir=tmp_path,
+        **trainer,
     )
     with during_fit():
         trainer.fit(model, datamodule=datamodule)
@@ -388,3 +392,49 @@ def test_no_float64_during_training_or_evaluation(tmp_path):
 
     _first_update_grad_norms(tmp_path, [], during_fit=Watch)
     assert not fp64_ops
+
+
+def test_the_training_step_reads_nothing_back_from_the_device_between_logging_steps(
+    tmp_path, monkeypatch
+):
+    """On a GPU a host read (`.item()`, `if tensor:`, a boolean-mask index) stalls the launch
+    queue. Watched on the CPU by the ops that make those reads, inside `training_step` only, with
+    the divergence counters read on the logging steps as on an accelerator: none on the other
+    updates, and the reads on a logging step are seen (the watch can fail)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads: dict[int, list[str]] = {}
+    host_reads = {"aten._local_scalar_dense.default", "aten.nonzero.default",
+                  "aten.masked_select.default", "aten.unique_dim.default"}  # fmt: skip
+
+    class Watch(TorchDispatchMode):
+        def __init__(self, batch_idx: int):
+            super().__init__()
+            self.batch_idx = batch_idx
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            # LaProp's masked step passes 0-d device tensors as the scalars of torch._foreach_*
+            # ops: read on a CPU, taken on the device by CUDA's kernels (as torch's capturable
+            # Adam relies on); the GPU check verifies that with torch.cuda.set_sync_debug_mode.
+            if str(func) in host_reads and not any(
+                frame.filename.endswith(os.path.join("lightning_drama", "optim.py"))
+                for frame in traceback.extract_stack()
+            ):
+                reads.setdefault(self.batch_idx, []).append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def prepare(model):
+        step = model.training_step
+
+        def watched(batch, batch_idx):
+            with Watch(batch_idx):
+                return step(batch, batch_idx)
+
+        model.training_step = watched
+
+    from lightning_drama import sync
+
+    monkeypatch.setattr(sync, "host_reads_are_free", lambda device: False)  # as on a GPU
+    _first_update_grad_norms(tmp_path, [], prepare=prepare, log_every_n_steps=3)
+    assert reads.get(2), "the logging step reads its metrics: the watch sees them"
+    assert set(reads) == {2}, {k: v[:3] for k, v in reads.items()}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_drama import sync
 from lightning_drama.ssm.ssd_factored import ssd_chunked_factored
 
 Tensor = torch.Tensor
@@ -201,6 +202,11 @@ FACTORED_MAX_EXPONENT = 60.0
 
 
 def _factored_in_range(cs: Tensor) -> bool:
+    """Whether the factored form is safe here. The answer is a host read of device data, free on
+    a CPU; on an accelerator it would stall the launch queue on every call, so there the
+    segment-sum form, safe for any decay, is taken without looking."""
+    if not sync.host_reads_are_free(cs.device):
+        return False
     if cs.numel() == 0:
         return True
     half = 0.5 * cs[:, :, -1:]
