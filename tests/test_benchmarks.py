@@ -1,10 +1,15 @@
 """The layer benchmark's arithmetic, and that it runs (tiny sizes; its timings are not checked)."""
 
+import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -132,3 +137,161 @@ def test_backbones_benchmark_times_all_four_at_tiny_size():
     kinds = {"mamba2", "mamba", "transformer", "gru"}
     assert set(result["train"]) == kinds and set(result["step"]) == kinds
     assert all(t > 0 for per_length in result["lengths"].values() for t in per_length.values())
+
+
+def test_gpu_check_arithmetic():
+    from benchmarks.gpu_check import atari100k_projection, pytest_counts, targets
+
+    atari = {"total_env_steps": 100_000, "warmup_steps": 1032, "env_steps_per_update": 1}
+    projection = atari100k_projection(100.0, 2.0, atari)
+    assert projection["updates"] == 98_968  # the warm-up's random steps take no update
+    assert projection["hours"] == pytest.approx((98_968 * 100.0 + 1032 * 2.0) / 3.6e6)
+    four = atari100k_projection(100.0, 2.0, {**atari, "env_steps_per_update": 4})
+    assert four["updates"] == 24_742 and four["ms_per_env_step"] == 25.0
+
+    parts = {"world_model": 10.0, "imagination": 12.0, "actor_critic": 9.0}
+    verdicts = targets(
+        {
+            "atari100k": {"hours": 2.9, "ms_per_env_step": 104.0},
+            "speed": {"split": {"parts_ms": parts}},
+            "nan_check": {"bf16-mixed": {"finite": True}, "16-mixed": {"finite": None}},
+        }
+    )
+    assert verdicts["atari100k_le_3h"]["verdict"] == "PASS"
+    assert verdicts["atari100k_le_1.5h"]["verdict"] == "FAIL"
+    assert verdicts["imagination_ac_le_2x_wm"]["value"] == pytest.approx(2.1)
+    assert verdicts["imagination_ac_le_2x_wm"]["verdict"] == "FAIL"
+    assert verdicts["no_nan_bf16-mixed"]["verdict"] == "PASS"
+    assert verdicts["no_nan_16-mixed"]["verdict"] == "SKIP"
+    assert targets({})["atari100k_le_3h"]["verdict"] == "SKIP"
+
+    summary = "....s\n= 3 passed, 1 skipped, 9 deselected, 1 error in 2.10s =\n"
+    assert pytest_counts(summary) == {"passed": 3, "skipped": 1, "deselected": 9, "errors": 1}
+    assert pytest_counts("no summary") == {}
+
+
+def test_gpu_check_split_times_each_part_and_restores_the_instances():
+    from benchmarks.gpu_check import Splitter, Sync
+
+    class Model:
+        def __init__(self):
+            self.world_model = SimpleNamespace(imagine=lambda: time.sleep(0.02))
+            self.policy = lambda: time.sleep(0.005)  # an attribute, as DramaModule's
+
+        def training_step(self):
+            time.sleep(0.01)
+            self.world_model.imagine()
+            time.sleep(0.03)
+
+    class DataModule:
+        def on_before_batch_transfer(self):
+            time.sleep(0.002)
+
+        def transfer_batch_to_device(self):
+            time.sleep(0.003)
+
+        def collect(self, policy):
+            policy()
+            time.sleep(0.004)
+
+    model, datamodule = Model(), DataModule()
+    policy, imagine = model.policy, model.world_model.imagine
+    splitter = Splitter(model, datamodule, Sync("cpu"))
+    splitter.install()
+    datamodule.on_before_batch_transfer()
+    datamodule.transfer_batch_to_device()
+    datamodule.collect(model.policy)
+    model.training_step()
+    splitter.end_update()
+    splitter.remove()
+    (record,) = splitter.records
+    expected = {"replay_sample": 0.002, "to_device": 0.003, "acting": 0.005, "env_step": 0.004,
+                "world_model": 0.01, "imagination": 0.02, "actor_critic": 0.03}  # fmt: skip
+    for part, seconds in expected.items():
+        assert seconds <= record[part] < seconds + 0.2, part
+    assert model.policy is policy and model.world_model.imagine is imagine
+    assert "training_step" not in vars(model) and not vars(datamodule)
+
+
+def test_gpu_check_tiny_cpu_mode_reports_every_number(tmp_path):
+    from benchmarks.gpu_check import PARTS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny",
+         "--skip-tests", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["environment"]["device_name"] and report["environment"]["torch"]
+    assert report["kernels"]["install"] == {
+        "installed": False,
+        "reason": "no --wheels folder given",
+    }
+    assert "mamba_ssm" in report["kernels"] and "fused_scan_available" in report["kernels"]
+    speed = report["speed"]
+    assert speed["precision"] == "bf16-mixed" and speed["timed_updates"] >= 2
+    run = speed["warmup_updates"] + 2 * speed["timed_updates"]
+    for part in ("world_model", "actor_critic"):  # every update's loss, all finite
+        losses = speed["losses"][part]
+        assert losses["count"] == run and losses["finite"] and math.isfinite(losses["last"])
+
+    plain = speed["unsynchronised"]
+    assert len(plain["per_update_ms"]) == speed["timed_updates"]
+    assert plain["ms_per_update"] == pytest.approx(
+        sum(plain["per_update_ms"]) / len(plain["per_update_ms"])
+    )
+    assert plain["ms_per_env_step"] == plain["ms_per_update"] / speed["env_steps_per_update"]
+
+    split = speed["split"]
+    assert split["updates"] == speed["timed_updates"] == len(split["per_update_ms"])
+    assert list(split["parts_ms"]) == list(PARTS)
+    assert all(split["parts_ms"][part] > 0 for part in PARTS)
+    total = split["ms_per_update"]
+    assert total == pytest.approx(sum(split["per_update_ms"]) / split["updates"])
+    assert split["parts_sum_ms"] == pytest.approx(sum(split["parts_ms"].values()))
+    assert split["parts_sum_ms"] + split["other_ms"] == pytest.approx(total)
+    # every part of the update is inside one of the timed parts, bar the loop's own overhead
+    assert 0.7 * total <= split["parts_sum_ms"] <= total * 1.001
+
+    assert speed["flops_per_update"] > 0 and speed["matmul_tflops"]["bfloat16"] > 0
+    seconds = plain["ms_per_update"] / 1000
+    assert speed["achieved_tflops"] == pytest.approx(speed["flops_per_update"] / seconds / 1e12)
+    assert speed["fraction_of_bf16_matmul"] == pytest.approx(
+        speed["achieved_tflops"] / speed["matmul_tflops"]["bfloat16"]
+    )
+    assert speed["peak_memory"]["gib"] > 0
+
+    with open(ROOT / "configs" / "atari.yaml") as f:
+        atari = yaml.safe_load(f)["data"]
+    projection = report["atari100k"]
+    updates = math.ceil(
+        (atari["total_env_steps"] - atari["warmup_steps"]) / atari["env_steps_per_update"]
+    )
+    assert projection["updates"] == updates == 98_968
+    assert projection["ms_per_update"] == plain["ms_per_update"]
+    hours = (
+        updates * plain["ms_per_update"] + atari["warmup_steps"] * speed["ms_per_warmup_step"]
+    ) / 3.6e6
+    assert projection["hours"] == pytest.approx(hours)
+
+    verdicts = report["targets"]
+    assert verdicts["atari100k_le_3h"]["verdict"] == ("PASS" if hours <= 3 else "FAIL")
+    assert verdicts["atari100k_le_1.5h"]["verdict"] == ("PASS" if hours <= 1.5 else "FAIL")
+    parts = split["parts_ms"]
+    ratio = (parts["imagination"] + parts["actor_critic"]) / parts["world_model"]
+    assert verdicts["imagination_ac_le_2x_wm"]["value"] == pytest.approx(ratio)
+    assert verdicts["imagination_ac_le_2x_wm"]["verdict"] == ("PASS" if ratio <= 2 else "FAIL")
+    assert verdicts["no_nan_bf16-mixed"]["verdict"] == "PASS"
+    assert verdicts["no_nan_16-mixed"]["verdict"] == "SKIP"  # no fp16 AMP on a CPU
+
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    rows = markdown.splitlines()
+    assert rows[:2] == ["| check | result |", "|---|---|"]
+    assert all(row.startswith("| ") and row.endswith(" |") for row in rows[2:])
+    names = [row.split(" | ")[0][2:] for row in rows[2:]]
+    for name in ("device", "versions", "mamba-ssm", "tests", "ms per env step", "- world model",
+                 "- imagination", "- actor critic", "achieved TFLOP/s", "peak memory",
+                 "projected Atari100k", "target atari100k_le_3h", "target imagination_ac_le_2x_wm",
+                 "target no_nan_16-mixed"):  # fmt: skip
+        assert name in names, name
+    assert markdown in result.stdout  # printed at the end
