@@ -349,8 +349,13 @@ class DramaModule(pl.LightningModule):
         params = [p for p in params if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).detach()
         self._grad_norms[name] = norm
-        # A non-finite gradient: LaProp leaves parameters and state alone, decided on the device.
-        optimizer.skip_next_step_if(~torch.isfinite(norm))
+        # A non-finite gradient: LaProp leaves parameters and state alone. On an accelerator that
+        # is decided on the device (a masked step); on a CPU, where reading the norm is free, only
+        # a bad step takes the masked path, which costs twice a plain step there.
+        # Always set: AMP's scaler may skip a step itself and leave an older flag behind.
+        bad = ~torch.isfinite(norm)
+        masked = not sync.host_reads_are_free(norm.device) or bool(bad)
+        optimizer.skip_next_step_if(bad if masked else None)
 
     def _health_check_every(self) -> int:
         """Updates between reads of the divergence counters: every update on a CPU (reading is

@@ -59,9 +59,10 @@ class LaProp(Optimizer):
         super().__init__(params, defaults)
         self._skip: torch.Tensor | None = None
 
-    def skip_next_step_if(self, condition: torch.Tensor) -> None:
+    def skip_next_step_if(self, condition: torch.Tensor | None) -> None:
         """The next :meth:`step` leaves parameters and state untouched where `condition` (a 0-d
-        bool tensor, e.g. `~torch.isfinite(grad_norm)`) is true; gradients may then hold NaN."""
+        bool tensor, e.g. `~torch.isfinite(grad_norm)`) is true; gradients may then hold NaN.
+        None clears a flag set before."""
         self._skip = condition
 
     def __setstate__(self, state: dict) -> None:
