@@ -1,0 +1,8 @@
+"""Decision Mamba-Hybrid (DM-H; Huang et al., NeurIPS 2024): offline in-context RL learned from
+learning histories, the trajectories of an RL agent improving on many tasks.
+
+- `envs.py`: the tasks (Darkroom, Darkroom Hard, Dark Key-to-Door, their large variants and the
+  passive T-maze), their task lists and train/test splits;
+- `data.py`: the learning-history generator (`python -m lightning_drama.dmh.data`) and
+  `load_histories`, one Minari dataset per task.
+"""
