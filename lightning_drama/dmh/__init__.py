@@ -4,5 +4,7 @@ learning histories, the trajectories of an RL agent improving on many tasks.
 - `envs.py`: the tasks (Darkroom, Darkroom Hard, Dark Key-to-Door, their large variants and the
   passive T-maze), their task lists and train/test splits;
 - `data.py`: the learning-history generator (`python -m lightning_drama.dmh.data`) and
-  `load_histories`, one Minari dataset per task.
+  `load_histories`, one Minari dataset per task;
+- `model.py`: the DM-H network (`DecisionMambaHybrid`, `DMHConfig`), its loss and the
+  valuable sub-goal targets (`valuable_subgoals`).
 """
