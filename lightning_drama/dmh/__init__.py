@@ -6,5 +6,7 @@ learning histories, the trajectories of an RL agent improving on many tasks.
 - `data.py`: the learning-history generator (`python -m lightning_drama.dmh.data`) and
   `load_histories`, one Minari dataset per task;
 - `model.py`: the DM-H network (`DecisionMambaHybrid`, `DMHConfig`), its loss and the
-  valuable sub-goal targets (`valuable_subgoals`).
+  valuable sub-goal targets (`valuable_subgoals`);
+- `datamodule.py`: training contexts (`make_context`: n episodes sorted by return, rtg relabelled
+  to the last one's return) and `DMHDataModule`, which streams random contexts in batches.
 """

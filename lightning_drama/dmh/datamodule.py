@@ -1,0 +1,270 @@
+"""DM-H training contexts from learning histories, and a `LightningDataModule` that streams them.
+
+A context (`make_context`) is n episodes of one task's history, **sorted by ascending return**
+(the paper's "n trajectories sorted by ascending return"; ties keep their history order), their
+steps concatenated into one flat sequence of L steps with the keys `DecisionMambaHybrid.forward`
+reads:
+
+- ``states [L, d]``: the observation each action was taken in (s_t, never an episode's final
+  observation); ``actions``, ``rewards [L]`` as in `History`;
+- ``dones [L]``: 1 at each episode's last step; ``timesteps [L]``: the step's index within its
+  episode (0 at each episode's first step);
+- ``rtg [L]``: returns-to-go **relabelled** to the last (highest-return) trajectory's return
+  R_last. Our reading: every step of every episode counts down from R_last,
+  ``rtg_t = R_last - sum(rewards of the same episode before step t)``, so each episode starts at
+  the target return. On the last trajectory this is its true return-to-go; as the episodes are
+  sorted, R_last >= every episode's return, so rtg is never below the rewards still to come
+  (and never negative when rewards are);
+- ``loss_mask [L]``: 1 on the last trajectory's steps only;
+- ``subgoals [L, d]``: `valuable_subgoals` of each episode separately, given its T + 1
+  observations (so the final observation can be the last step's goal);
+- ``pad [L]``: 1 on padding steps (see below).
+
+**Padding.** The model needs L a multiple of ``c`` and has no notion of padding. Fixed-length
+episodes that are multiples of ``c`` (the 9 x 9 rooms: 20 steps, c = 5) need none. Otherwise we
+add the fewest steps that make L a multiple of c (or reach a requested ``length``) at the
+**front**, so that the last trajectory, the one the loss reads, stays where it is, at the end.
+Padding steps are neutral: states, actions, rewards, subgoals and timesteps 0, ``dones`` 0,
+``loss_mask`` 0, ``rtg`` = R_last (the value every episode starts from, so the Mamba's first rtg
+token is the usual one) and ``pad`` 1. They never enter the loss; with padding shorter than c
+they only share the first block with the first episode's first steps (the first block's Mamba
+state token is then a zero state), which affects only the context's first sub-goal. The model
+ignores the extra ``pad`` key.
+
+`DMHDataModule` loads every history once (``setup``) and its ``train_dataloader`` streams endless
+batches of random contexts: a uniformly random task, then a uniformly random **window of n
+consecutive episodes** of its history, as Algorithm Distillation samples across-episode windows
+of the learning history: neighbouring episodes are from one stage of learning, the improvement
+the source algorithm made there is what the context shows, and sorting them by return orders
+them from worse to better, the order the model learns to continue. (Episodes drawn from the
+whole history instead would mix random first episodes with near-optimal last ones.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from lightning_drama.checks import ConfigError, check_int
+from lightning_drama.dmh.data import History, load_histories
+from lightning_drama.dmh.model import valuable_subgoals
+
+# The keys of a context: the model's `BATCH_KEYS` and the padding flag.
+CONTEXT_KEYS = (
+    "states",
+    "actions",
+    "rewards",
+    "rtg",
+    "dones",
+    "timesteps",
+    "loss_mask",
+    "subgoals",
+    "pad",
+)
+# Batch dtypes: the integer keys are indices (embeddings, targets), the flags are bool.
+INT_KEYS = ("actions", "timesteps")
+BOOL_KEYS = ("pad",)
+
+
+def pad_context(context: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """``context`` left-padded with neutral steps to ``length`` steps (see the module docstring);
+    the same arrays when it already has ``length`` steps."""
+    n = len(context["actions"])
+    if length < n:
+        raise ConfigError(f"pad_context: length {length} is below the context's {n} steps")
+    extra = length - n
+    if extra == 0:
+        return context
+    padded = {}
+    for key, value in context.items():
+        fill = np.zeros((extra, *value.shape[1:]), value.dtype)
+        if key == "rtg":
+            fill[:] = value[0]  # R_last: every episode's first rtg
+        elif key == "pad":
+            fill[:] = True
+        padded[key] = np.concatenate([fill, value])
+    return padded
+
+
+def make_context(
+    history: History, episode_indices: Sequence[int], c: int, length: int | None = None
+) -> dict[str, np.ndarray]:
+    """The DM-H training context of ``history``'s episodes ``episode_indices`` (any order; they
+    are sorted by ascending return, ties in the given order), left-padded to a multiple of ``c``
+    steps or to ``length`` (a multiple of c, at least the steps of the episodes).
+
+    Returns numpy arrays ``[L]`` or ``[L, d]``: ``states`` int64, ``actions`` int64,
+    ``rewards`` float64, ``rtg`` float64, ``dones`` bool, ``timesteps`` int64, ``loss_mask``
+    bool, ``subgoals`` float64, ``pad`` bool (see the module docstring for their meaning).
+    """
+    c = check_int("make_context", "c", c, minimum=1)
+    indices = list(episode_indices)
+    if not indices:
+        raise ConfigError("make_context: episode_indices is empty; a context needs an episode")
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise ConfigError(f"make_context: episode index {i!r} is not an integer")
+        if not 0 <= i < history.num_episodes:
+            raise ConfigError(
+                f"make_context: episode index {i} is outside the history's "
+                f"{history.num_episodes} episodes"
+            )
+    returns = np.array([history.rewards[i].sum() for i in indices], np.float64)
+    order = [indices[k] for k in np.argsort(returns, kind="stable")]
+    target = float(history.rewards[order[-1]].sum())  # R_last
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in CONTEXT_KEYS}
+    for position, e in enumerate(order):
+        obs, rewards = history.observations[e], history.rewards[e].astype(np.float64)
+        steps = len(rewards)
+        dones = np.zeros(steps, bool)
+        dones[-1:] = True
+        parts["states"].append(obs[:steps].astype(np.int64))
+        parts["actions"].append(history.actions[e].astype(np.int64))
+        parts["rewards"].append(rewards)
+        parts["rtg"].append(target - (np.cumsum(rewards) - rewards))
+        parts["dones"].append(dones)
+        parts["timesteps"].append(np.arange(steps, dtype=np.int64))
+        parts["loss_mask"].append(np.full(steps, position == len(order) - 1))
+        parts["subgoals"].append(valuable_subgoals(obs, rewards).numpy())
+        parts["pad"].append(np.zeros(steps, bool))
+    context = {key: np.concatenate(value) for key, value in parts.items()}
+    steps = len(context["actions"])
+    if length is None:
+        length = -(-steps // c) * c
+    else:
+        length = check_int("make_context", "length", length, minimum=1)
+        if length % c or length < steps:
+            raise ConfigError(
+                f"make_context: length {length} must be a multiple of c = {c} and at least the "
+                f"episodes' {steps} steps"
+            )
+    return pad_context(context, length)
+
+
+def collate_contexts(contexts: Sequence[dict[str, np.ndarray]], c: int) -> dict[str, torch.Tensor]:
+    """Contexts -> a batch ``[B, L, ...]``: each left-padded to the longest (a multiple of c),
+    ``actions`` and ``timesteps`` int64, ``pad`` bool, the rest float32."""
+    length = max(len(context["actions"]) for context in contexts)
+    length = -(-length // c) * c
+    contexts = [pad_context(context, length) for context in contexts]
+    batch = {}
+    for key in CONTEXT_KEYS:
+        stacked = np.stack([context[key] for context in contexts])
+        dtype = np.int64 if key in INT_KEYS else bool if key in BOOL_KEYS else np.float32
+        batch[key] = torch.from_numpy(stacked.astype(dtype))
+    return batch
+
+
+class ContextStream(IterableDataset):
+    """Endless batches of random contexts (see the module docstring), as whole batches.
+
+    Seeded by ``(seed, worker id, pass)``: the same seed gives the same batches; each worker of
+    a loader draws its own, and each new pass over the stream (a new iterator) continues with
+    other draws instead of repeating the first ones.
+    """
+
+    def __init__(
+        self, histories: Sequence[History], episodes_per_context: int, c: int, batch_size: int,
+        seed: int,
+    ):  # fmt: skip
+        self.histories = list(histories)
+        self.episodes_per_context = episodes_per_context
+        self.c = c
+        self.batch_size = batch_size
+        self.seed = seed
+        self._passes = 0
+
+    def sample_context(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        history = self.histories[int(rng.integers(len(self.histories)))]
+        n = self.episodes_per_context
+        start = int(rng.integers(history.num_episodes - n + 1))
+        return make_context(history, range(start, start + n), self.c)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self._passes])
+        self._passes += 1
+        while True:
+            contexts = [self.sample_context(rng) for _ in range(self.batch_size)]
+            yield collate_contexts(contexts, self.c)
+
+
+class DMHDataModule(pl.LightningDataModule):
+    """Random DM-H contexts from the learning histories under ``data_dir``.
+
+    Batch keys (B = batch_size, L = the steps of n episodes left-padded to a multiple of c; for
+    the 9 x 9 rooms n x 20): ``states [B, L, d]``, ``rewards``, ``rtg``, ``dones``,
+    ``loss_mask [B, L]`` and ``subgoals [B, L, d]`` float32, ``actions``, ``timesteps [B, L]``
+    int64, ``pad [B, L]`` bool: all `DecisionMambaHybrid.forward` needs.
+
+    Args:
+        data_dir: the histories, as `python -m lightning_drama.dmh.data` wrote them.
+        episodes_per_context: n, the consecutive episodes of one task in a context; every
+            history needs at least n episodes.
+        c: steps per block of the model (the context length is a multiple of it).
+        batch_size: contexts per batch.
+        seed: seeds the draws; the same seed gives the same batches.
+        num_workers: loader processes; each draws its own stream (seeded by its id).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        episodes_per_context: int = 4,
+        c: int = 5,
+        batch_size: int = 16,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        where = "DMHDataModule"
+        if not isinstance(data_dir, (str, Path)) or not str(data_dir):
+            raise ConfigError(f"{where}.data_dir must be a directory path, got {data_dir!r}")
+        self.data_dir = str(data_dir)
+        self.episodes_per_context = check_int(
+            where, "episodes_per_context", episodes_per_context, minimum=1
+        )
+        self.c = check_int(where, "c", c, minimum=1)
+        self.batch_size = check_int(where, "batch_size", batch_size, minimum=1)
+        self.seed = check_int(where, "seed", seed, minimum=0)
+        self.num_workers = check_int(where, "num_workers", num_workers, minimum=0)
+        self.histories: list[History] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.histories is not None:
+            return  # loaded once
+        histories = load_histories(self.data_dir)  # ConfigError when there are none
+        n = self.episodes_per_context
+        short = [h.task for h in histories if h.num_episodes < n]
+        if short:
+            fewest = min(h.num_episodes for h in histories)
+            raise ConfigError(
+                f"DMHDataModule.episodes_per_context {n} exceeds the {fewest} episodes of some "
+                f"histories under {self.data_dir!r} (tasks {short})"
+            )
+        self.histories = histories
+
+    @property
+    def state_dim(self) -> int:
+        """Observation size of the histories (after ``setup``)."""
+        if self.histories is None:
+            raise RuntimeError("DMHDataModule: call setup() first")
+        return int(self.histories[0].observations[0].shape[1])
+
+    def train_dataloader(self) -> DataLoader:
+        if self.histories is None:
+            self.setup("fit")
+        stream = ContextStream(
+            self.histories, self.episodes_per_context, self.c, self.batch_size, self.seed
+        )
+        return DataLoader(
+            stream,
+            batch_size=None,  # the stream yields whole batches
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
