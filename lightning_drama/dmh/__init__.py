@@ -8,5 +8,9 @@ learning histories, the trajectories of an RL agent improving on many tasks.
 - `model.py`: the DM-H network (`DecisionMambaHybrid`, `DMHConfig`), its loss and the
   valuable sub-goal targets (`valuable_subgoals`);
 - `datamodule.py`: training contexts (`make_context`: n episodes sorted by return, rtg relabelled
-  to the last one's return) and `DMHDataModule`, which streams random contexts in batches.
+  to the last one's return) and `DMHDataModule`, which streams random contexts in batches
+  (and, for `test`, the held-out task indices);
+- `module.py`: `DMHModule`, training (AdamW) and in-context evaluation on held-out tasks;
+- `__main__.py`: the command line, ``python -m lightning_drama.dmh fit|test --config
+  configs/dmh/darkroom.yaml``.
 """

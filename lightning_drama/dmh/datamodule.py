@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lightning_drama.checks import ConfigError, check_int
 from lightning_drama.dmh.data import History, load_histories
+from lightning_drama.dmh.envs import split_tasks
 from lightning_drama.dmh.model import valuable_subgoals
 
 # The keys of a context: the model's `BATCH_KEYS` and the padding flag.
@@ -210,6 +211,10 @@ class DMHDataModule(pl.LightningDataModule):
         batch_size: contexts per batch.
         seed: seeds the draws; the same seed gives the same batches.
         num_workers: loader processes; each draws its own stream (seeded by its id).
+        n_test_tasks: held-out tasks for in-context evaluation (`test_dataloader`); None = all
+            the tasks the histories' training split left out (``split_tasks`` with the
+            ``n_train`` and split seed the histories record).
+        test_batch_size: test tasks played together in one `test_step`.
     """
 
     def __init__(
@@ -220,6 +225,8 @@ class DMHDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         seed: int = 0,
         num_workers: int = 0,
+        n_test_tasks: int | None = None,
+        test_batch_size: int = 1,
     ):
         super().__init__()
         where = "DMHDataModule"
@@ -233,6 +240,10 @@ class DMHDataModule(pl.LightningDataModule):
         self.batch_size = check_int(where, "batch_size", batch_size, minimum=1)
         self.seed = check_int(where, "seed", seed, minimum=0)
         self.num_workers = check_int(where, "num_workers", num_workers, minimum=0)
+        if n_test_tasks is not None:
+            n_test_tasks = check_int(where, "n_test_tasks", n_test_tasks, minimum=1)
+        self.n_test_tasks = n_test_tasks
+        self.test_batch_size = check_int(where, "test_batch_size", test_batch_size, minimum=1)
         self.histories: list[History] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -268,3 +279,28 @@ class DMHDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    @property
+    def test_tasks(self) -> list:
+        """The held-out tasks (after ``setup``): ``split_tasks(env, n_train, seed, n_test_tasks,
+        **env_kwargs)`` with the env, options and split the histories record."""
+        if self.histories is None:
+            raise RuntimeError("DMHDataModule: call setup() first")
+        first = self.histories[0]
+        split = first.generation.get("split")
+        if not split:
+            raise ConfigError(
+                f"DMHDataModule: the histories under {self.data_dir!r} record no training split; "
+                "cannot tell the held-out test tasks"
+            )
+        _, test = split_tasks(
+            first.env, split["n_train"], split["seed"], self.n_test_tasks, **first.env_kwargs
+        )
+        return test
+
+    def test_dataloader(self) -> DataLoader:
+        """Indices into `test_tasks`, ``test_batch_size`` per batch (``[b]`` int64)."""
+        if self.histories is None:
+            self.setup("test")
+        indices = torch.arange(len(self.test_tasks))
+        return DataLoader(indices, batch_size=self.test_batch_size, shuffle=False)

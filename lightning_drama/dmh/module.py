@@ -1,0 +1,298 @@
+"""`DMHModule`: DM-H training and in-context evaluation as a `LightningModule`.
+
+Training: `DecisionMambaHybrid.loss` on the `DMHDataModule` contexts, AdamW (the paper's lr 1e-4,
+weight decay 1e-4) with an optional linear warm-up. The paper's gradient clip (0.25) is the
+Trainer's ``gradient_clip_val`` (set in ``configs/dmh/*.yaml``), not done here.
+
+Evaluation (`test_step`): in-context RL on held-out tasks, no gradient updates. Each batch is
+indices into the datamodule's ``test_tasks``; every task gets its own env and plays
+``eval_episodes`` consecutive episodes with **one** Mamba memory, created once per task
+(`DecisionMambaHybrid.initial_state`) and carried across the episodes, so the context grows with
+every episode, as in training (the episodes of a context follow each other). The flat step
+stream is cut in blocks of ``c`` steps whatever the episode boundaries, as in training: at each
+block start `subgoal(memory, rtg, obs)` gives z, the GPT acts for c steps (`act_logits`, greedy
+or sampled), and `close_block(memory, reward sum, done)` feeds the block's outcome. rtg at a
+block start is ``target_return`` minus the rewards of the current episode so far.
+
+``target_return`` default (None): the env's highest return over all its tasks, `max_return`
+(Darkroom: ``episode_length``, a goal at the start cell; Darkroom Hard 1; Key-to-Door 2; the
+T-maze 1). It is an upper bound that does not depend on the task, so it tells the agent nothing
+about the goal (a per-task optimal return would leak its distance from the start).
+
+The result is the in-context learning curve: the mean return at each episode index over the test
+tasks, logged (``test/return_first``, ``test/return_last``, ``test/return_mean``,
+``test/seconds_per_episode``), printed as a table and written to ``<log_dir>/in_context.csv``
+(``episode, mean_return, std_return, n_tasks``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from lightning_drama.checks import ConfigError, check_float, check_int
+from lightning_drama.dmh.envs import ENV_NAMES, PRESETS, Task, env_settings, make_dmh_env, task_at
+from lightning_drama.dmh.model import DecisionMambaHybrid, DMHConfig
+
+CSV_NAME = "in_context.csv"
+
+
+def env_dims(env: str, **env_kwargs: Any) -> tuple[int, int]:
+    """(state_dim, num_actions) of preset ``env``, read from one of its envs."""
+    made = make_dmh_env(env, task_at(env, 0, **env_kwargs), **env_kwargs)
+    try:
+        return int(made.observation_space.shape[0]), int(made.action_space.n)
+    finally:
+        made.close()
+
+
+def max_return(env: str, **env_kwargs: Any) -> float:
+    """The highest return any task of preset ``env`` allows (the default target return)."""
+    settings = env_settings(env, **env_kwargs)
+    kind = PRESETS[env].task_kind
+    if kind == "goal":
+        return 1.0 if settings.get("hard") else float(settings["episode_length"])
+    return 2.0 if kind == "key_door" else 1.0
+
+
+@torch.no_grad()
+def play_in_context(
+    model: DecisionMambaHybrid,
+    env: str,
+    tasks: list[Task],
+    episodes: int,
+    target_return: float,
+    greedy: bool = True,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Play ``episodes`` consecutive episodes of each task in ``tasks`` (in parallel, one env per
+    task), carrying one Mamba memory per task across its episodes (see the module docstring).
+
+    Returns ``returns [len(tasks), episodes]`` and ``seconds [len(tasks), episodes]``, each
+    episode's wall time (the tasks run together, so a step's time is shared by the batch).
+    """
+    env_kwargs = env_kwargs or {}
+    c = model.config.c
+    device = next(model.parameters()).device
+    b = len(tasks)
+    envs = [make_dmh_env(env, task, **env_kwargs) for task in tasks]
+    returns = np.zeros((b, episodes))
+    seconds = np.zeros((b, episodes))
+    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)])
+    episode = np.zeros(b, np.int64)  # index of each task's current episode
+    t = np.zeros(b, np.int64)  # step within the episode
+    started = np.full(b, time.perf_counter())
+    memory = model.initial_state(b, device)  # once per task, for all its episodes
+    while (episode < episodes).any():
+        active = episode < episodes
+        rtg = torch.tensor(target_return - returns[np.arange(b), episode.clip(max=episodes - 1)])
+        z, memory = model.subgoal(
+            memory, rtg.to(device), torch.as_tensor(obs, device=device), sample=not greedy
+        )
+        states, actions, rewards, timesteps = [], [], [], []
+        block_done = np.zeros(b, bool)
+        empty = torch.zeros(b, 0, device=device)
+        for _ in range(c):
+            states.append(torch.tensor(obs, device=device))  # a copy: obs changes
+            timesteps.append(torch.tensor(t, device=device))
+            logits = model.act_logits(
+                z,
+                torch.stack(states, 1),
+                torch.stack(actions, 1) if actions else empty.long(),
+                torch.stack(rewards, 1) if rewards else empty,
+                torch.stack(timesteps, 1),
+            )
+            if greedy:
+                action = logits.argmax(-1)
+            else:
+                action = torch.distributions.Categorical(logits=logits.float()).sample()
+            step_rewards = np.zeros(b)
+            for i, e in enumerate(envs):
+                if not active[i]:
+                    continue  # finished: its stream is padded with no-ops, never read
+                next_obs, reward, terminated, truncated, _ = e.step(int(action[i]))
+                returns[i, episode[i]] += reward
+                step_rewards[i] = reward
+                t[i] += 1
+                if terminated or truncated:
+                    now = time.perf_counter()
+                    seconds[i, episode[i]] = now - started[i]
+                    started[i] = now
+                    block_done[i] = True
+                    episode[i] += 1
+                    t[i] = 0
+                    active[i] = episode[i] < episodes
+                    next_obs = e.reset()[0] if active[i] else next_obs
+                obs[i] = next_obs
+            actions.append(action.long())
+            rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32, device=device))
+        reward_sum = torch.stack(rewards, 1).sum(1)
+        memory = model.close_block(memory, reward_sum, torch.as_tensor(block_done, device=device))
+    for e in envs:
+        e.close()
+    return returns, seconds
+
+
+class DMHModule(pl.LightningModule):
+    """DM-H training (`DecisionMambaHybrid.loss`) and in-context evaluation (`test_step`).
+
+    Args:
+        env: the preset (`ENV_NAMES`) the histories come from; gives ``state_dim`` and
+            ``num_actions`` and the evaluation envs.
+        env_kwargs: the env's options beyond the preset (e.g. the T-maze's ``length``).
+        c: steps per block (linked from ``data.c`` by the CLI).
+        model: further `DMHConfig` fields (``mamba_d_model``, ``gpt_layers``, ...).
+        lr, weight_decay: AdamW's (paper: 1e-4 and 1e-4).
+        warmup_steps: linear learning-rate warm-up over this many optimiser steps (0: none).
+        eval_episodes: consecutive episodes per test task (paper-style curve; default 20).
+        target_return: the return-to-go each test episode starts from; None = `max_return`.
+        greedy: act with the argmax action (else sample) and the sub-goal's mean (else a draw).
+        eval_seed: seeds the test envs' resets (task i: ``eval_seed + i``).
+    """
+
+    def __init__(
+        self,
+        env: str = "darkroom",
+        env_kwargs: dict[str, Any] | None = None,
+        c: int = 5,
+        model: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        eval_episodes: int = 20,
+        target_return: float | None = None,
+        greedy: bool = True,
+        eval_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        where = "DMHModule"
+        if env not in ENV_NAMES:
+            raise ConfigError(f"{where}.env must be one of {', '.join(ENV_NAMES)}, got {env!r}")
+        self.env = env
+        self.env_kwargs = dict(env_kwargs or {})
+        model = dict(model or {})
+        for key in ("state_dim", "num_actions", "c"):
+            if key in model:
+                raise ConfigError(f"{where}.model.{key} is set from env / c; do not give it")
+        state_dim, num_actions = env_dims(env, **self.env_kwargs)
+        try:
+            config = DMHConfig(state_dim=state_dim, num_actions=num_actions, c=c, **model)
+        except TypeError as error:
+            raise ConfigError(f"{where}.model: {error}") from error
+        self.net = DecisionMambaHybrid(config)
+        self.lr = check_float(where, "lr", lr, above=0)
+        self.weight_decay = check_float(where, "weight_decay", weight_decay, minimum=0)
+        self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, minimum=0)
+        self.eval_episodes = check_int(where, "eval_episodes", eval_episodes, minimum=1)
+        if target_return is None:
+            target_return = max_return(env, **self.env_kwargs)
+        self.target_return = check_float(where, "target_return", target_return)
+        self.greedy = bool(greedy)
+        self.eval_seed = check_int(where, "eval_seed", eval_seed, minimum=0)
+        self._returns: list[np.ndarray] = []
+        self._seconds: list[np.ndarray] = []
+        self.in_context_curve: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------------------ training
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.net.loss(batch)
+        b = batch["actions"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=True, batch_size=b)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_steps:
+            return optimizer
+        warmup = self.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ---------------------------------------------------------------------------- evaluation
+
+    def _test_tasks(self) -> list[Task]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "test_tasks"):
+            raise ConfigError("DMHModule.test_step needs a DMHDataModule (its test_tasks)")
+        histories = datamodule.histories
+        if histories and histories[0].env != self.env:
+            raise ConfigError(
+                f"DMHModule.env is {self.env!r} but the histories are {histories[0].env!r}"
+            )
+        return datamodule.test_tasks
+
+    def on_test_epoch_start(self) -> None:
+        self._returns, self._seconds = [], []
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        all_tasks = self._test_tasks()
+        indices = [int(i) for i in batch]
+        returns, seconds = play_in_context(
+            self.net,
+            self.env,
+            [all_tasks[i] for i in indices],
+            self.eval_episodes,
+            self.target_return,
+            greedy=self.greedy,
+            seed=self.eval_seed + indices[0],
+            env_kwargs=self.env_kwargs,
+        )
+        self._returns.append(returns)
+        self._seconds.append(seconds)
+
+    def on_test_epoch_end(self) -> None:
+        if not self._returns:
+            return
+        returns = np.concatenate(self._returns)  # [tasks, episodes]
+        seconds = np.concatenate(self._seconds)
+        n = returns.shape[0]
+        mean, std = returns.mean(0), returns.std(0)
+        self.in_context_curve = [
+            {"episode": e, "mean_return": float(m), "std_return": float(s), "n_tasks": n}
+            for e, (m, s) in enumerate(zip(mean, std, strict=True))
+        ]
+        per_episode = float(seconds.mean())
+        self.log_dict(
+            {
+                "test/return_first": float(mean[0]),
+                "test/return_last": float(mean[-1]),
+                "test/return_mean": float(mean.mean()),
+                "test/seconds_per_episode": per_episode,
+            }
+        )
+        lines = [
+            f"in-context returns over {n} test tasks (target return {self.target_return:g})",
+            f"{'episode':>8} {'mean':>9} {'std':>9}",
+        ]
+        lines += [
+            f"{r['episode']:>8d} {r['mean_return']:>9.3f} {r['std_return']:>9.3f}"
+            for r in self.in_context_curve
+        ]
+        lines.append(f"{per_episode:.3f} s per episode")
+        rank_zero_info("\n".join(lines))
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        if self.trainer.is_global_zero and log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            with open(os.path.join(log_dir, CSV_NAME), "w", newline="") as file:
+                writer = csv.DictWriter(file, ["episode", "mean_return", "std_return", "n_tasks"])
+                writer.writeheader()
+                writer.writerows(self.in_context_curve)
+        if not all(math.isfinite(r["mean_return"]) for r in self.in_context_curve):
+            raise RuntimeError("DMHModule: non-finite evaluation returns")

@@ -1,0 +1,137 @@
+"""DM-H training and in-context evaluation through `python -m lightning_drama.dmh`: fit writes
+a checkpoint with finite losses, test writes the in-context curve, and the evaluation keeps one
+Mamba memory per task across its episodes."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_drama.dmh.__main__ import main
+from lightning_drama.dmh.data import generate
+from lightning_drama.dmh.envs import split_tasks
+from lightning_drama.dmh.model import DecisionMambaHybrid
+from lightning_drama.dmh.module import DMHModule, max_return, play_in_context
+
+DEBUG = str(Path(__file__).resolve().parent.parent / "configs" / "dmh" / "debug.yaml")
+TINY = {
+    "mamba_d_model": 16, "mamba_layers": 1, "mamba_headdim": 8, "mamba_chunk_size": 8,
+    "mamba_d_state": 4, "gpt_d_model": 16, "gpt_layers": 1, "gpt_heads": 2, "dropout": 0.0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def histories(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dmh_module") / "darkroom"
+    generate("darkroom", 3, 20, out, seed=0, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(histories, tmp_path_factory):
+    """A few debug-config training steps in a scratch directory: (run dir, checkpoint)."""
+    cwd = tmp_path_factory.mktemp("dmh_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        main(["fit", "--config", DEBUG, "--data.data_dir", str(histories),
+              "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    run = cwd / "runs" / "dmh" / "debug" / "version_0"
+    return cwd, run, run / "checkpoints" / "last.ckpt"
+
+
+def test_fit_writes_a_checkpoint_with_finite_losses(fitted):
+    _, run, checkpoint = fitted
+    assert checkpoint.is_file()
+    state = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    assert state["global_step"] == 6 and state["hyper_parameters"]["c"] == 5
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 5 and all(math.isfinite(v) for v in losses)
+
+
+def test_test_writes_the_in_context_curve(fitted, histories, monkeypatch):
+    cwd, _, checkpoint = fitted
+    calls = []
+    original = DecisionMambaHybrid.initial_state
+
+    def counting(self, batch_size, device=None):
+        calls.append(batch_size)
+        return original(self, batch_size, device)
+
+    monkeypatch.setattr(DecisionMambaHybrid, "initial_state", counting)
+    monkeypatch.chdir(cwd)
+    main(["test", "--config", DEBUG, "--data.data_dir", str(histories),
+          "--data.n_test_tasks", "2", "--data.test_batch_size", "1",
+          "--model.eval_episodes", "3", "--ckpt_path", str(checkpoint)])  # fmt: skip
+    (path,) = (cwd / "runs" / "dmh" / "debug").glob("version_*/in_context.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["episode"]) for r in rows] == [0, 1, 2]
+    assert all(int(r["n_tasks"]) == 2 for r in rows)
+    assert all(0 <= float(r["mean_return"]) <= 20 and math.isfinite(float(r["std_return"]))
+               for r in rows)  # fmt: skip
+    # One Mamba memory per task (2 batches of 1 task), not one per episode (6).
+    assert calls == [1, 1]
+
+
+def test_memory_is_carried_across_episodes(monkeypatch):
+    """The Mamba memory is created once, and each block starts from the previous block's
+    memory, across episode boundaries too."""
+    torch.manual_seed(0)
+    module = DMHModule(env="darkroom", c=5, model=TINY, eval_episodes=3)
+    model = module.net.eval()
+    created, fed, closed = [], [], []
+    original = {name: getattr(DecisionMambaHybrid, name)
+                for name in ("initial_state", "subgoal", "close_block")}  # fmt: skip
+
+    def initial_state(self, batch_size, device=None):
+        memory = original["initial_state"](self, batch_size, device)
+        created.append(memory)
+        return memory
+
+    def subgoal(self, memory, rtg, state, sample=False):
+        fed.append((memory, rtg.clone()))
+        return original["subgoal"](self, memory, rtg, state, sample)
+
+    def close_block(self, memory, reward_sum, done):
+        out = original["close_block"](self, memory, reward_sum, done)
+        closed.append((out, done.clone()))
+        return out
+
+    for name, fn in (("initial_state", initial_state), ("subgoal", subgoal),
+                     ("close_block", close_block)):  # fmt: skip
+        monkeypatch.setattr(DecisionMambaHybrid, name, fn)
+    tasks = split_tasks("darkroom", 3, seed=0, n_test=2)[1]
+    returns, seconds = play_in_context(model, "darkroom", tasks, 3, 20.0)
+    assert returns.shape == seconds.shape == (2, 3) and (seconds > 0).all()
+    assert len(created) == 1 and len(fed) == len(closed) == 12  # 3 episodes x 4 blocks
+    assert fed[0][0] is created[0]
+    for k in range(1, 12):
+        assert fed[k][0] is closed[k - 1][0]  # the next block continues the memory
+    assert [bool(d.all()) for _, d in closed] == [False, False, False, True] * 3
+    # rtg restarts from the target at each episode's first block.
+    assert all(bool((fed[k][1] == 20.0).all()) for k in (0, 4, 8))
+    assert max_return("darkroom") == 20.0 and max_return("darkroom_hard") == 1.0
+
+
+def test_module_optimiser_and_refusals():
+    module = DMHModule(env="tmaze", env_kwargs={"length": 3}, c=2, model=TINY, warmup_steps=5)
+    assert module.net.config.state_dim == 3 and module.net.config.num_actions == 4
+    assert module.target_return == 1.0
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert np.isclose(optimizer.param_groups[0]["lr"], 1e-4 / 5)  # warm-up's first step
+    from lightning_drama.checks import ConfigError
+
+    with pytest.raises(ConfigError, match="env must be one of"):
+        DMHModule(env="dark")
+    with pytest.raises(ConfigError, match="model.c is set"):
+        DMHModule(model={"c": 3})
+    with pytest.raises(ConfigError, match="model:"):
+        DMHModule(model={"no_such_field": 1})
