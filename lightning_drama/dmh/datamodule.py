@@ -53,20 +53,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lightning_drama.checks import ConfigError, check_int
 from lightning_drama.dmh.data import History, load_histories
 from lightning_drama.dmh.envs import split_tasks
-from lightning_drama.dmh.model import valuable_subgoals
+from lightning_drama.dmh.model import BATCH_KEYS, valuable_subgoals
 
 # The keys of a context: the model's `BATCH_KEYS` and the padding flag.
-CONTEXT_KEYS = (
-    "states",
-    "actions",
-    "rewards",
-    "rtg",
-    "dones",
-    "timesteps",
-    "loss_mask",
-    "subgoals",
-    "pad",
-)
+CONTEXT_KEYS = (*BATCH_KEYS, "pad")
 # Batch dtypes: the integer keys are indices (embeddings, targets), the flags are bool.
 INT_KEYS = ("actions", "timesteps")
 BOOL_KEYS = ("pad",)
