@@ -12,8 +12,12 @@ from minari import MinariDataset
 from lightning_drama.checks import ConfigError
 from lightning_drama.dmh.data import (
     ARRAY_FIELDS,
+    T_EAST,
+    T_NORTH,
+    T_SOUTH,
     History,
     LearnerSettings,
+    dataset_id,
     generate,
     learn_task,
     load_histories,
@@ -21,6 +25,8 @@ from lightning_drama.dmh.data import (
     save_history,
 )
 from lightning_drama.dmh.envs import split_tasks
+
+NO_NOISE = LearnerSettings(epsilon_start=0.0, epsilon_end=0.0)
 
 # The stated margin: over 60 episodes (epsilon from 1 down to 0.05) each darkroom history's mean
 # return over its last 10 episodes beats that over its first 10 by at least this much (seed 0:
@@ -154,6 +160,158 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "not an empty directory" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------ the T-mazes
+
+
+@pytest.mark.parametrize("length", [5, 50])
+def test_noisy_oracle_without_noise_always_succeeds(length):
+    history = learn_task(
+        "passive_tmaze", None, 20, np.random.default_rng(0), settings=NO_NOISE,
+        env_kwargs={"length": length},
+    )  # fmt: skip
+    assert history.task is None and (history.returns() == 1.0).all()
+    sides = [int(obs[0, 2]) for obs in history.observations]
+    assert set(sides) == {1, -1}  # a fresh side every episode
+    for side, obs, actions in zip(sides, history.observations, history.actions, strict=True):
+        assert obs.shape == (length + 2, 3) and obs[-1].tolist() == [length, side, 0]
+        turn = T_NORTH if side == 1 else T_SOUTH
+        assert actions.tolist() == [T_EAST] * length + [turn]
+    # T-maze action numbering: 0 north, 1 south, 3 east.
+    assert (T_NORTH, T_SOUTH, T_EAST) == (0, 1, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "length"), [("passive_tmaze", None, 5), ("tmaze", -1, 5),
+                                 ("passive_tmaze", None, 100)],
+)  # fmt: skip
+def test_noisy_oracle_history_improves(name, task, length):
+    history = learn_task(name, task, 100, np.random.default_rng(0), "noisy_oracle",
+                         env_kwargs={"length": length})  # fmt: skip
+    returns = history.returns()
+    # Seed 0, epsilon 1 -> 0.05: successes 25-30 % of the first 20 episodes, 85-90 % of the last
+    # 20, whatever the corridor's length (mean return about 0 -> 0.85).
+    assert returns[-20:].mean() > returns[:20].mean() + 0.5, returns
+    assert (returns[-20:] == 1).mean() >= 0.75 and (returns[:20] == 1).mean() <= 0.4
+    assert {len(a) for a in history.actions} == {length + 1}
+
+
+def test_noisy_oracle_is_seeded_and_t_maze_only():
+    def make(seed):
+        return learn_task("passive_tmaze", None, 10, np.random.default_rng(seed),
+                          env_kwargs={"length": 8})  # fmt: skip
+
+    assert_same(make(1), make(1))
+    assert any((a != b).any() for a, b in zip(make(1).actions, make(2).actions, strict=True))
+    with pytest.raises(ConfigError, match="'noisy_oracle' plays the T-maze presets"):
+        learn_task("darkroom", (0, 0), 1, np.random.default_rng(0), "noisy_oracle")
+
+
+def test_noisy_oracle_is_fast_in_a_long_corridor():
+    history = learn_task(
+        "passive_tmaze", None, 2, np.random.default_rng(0), settings=NO_NOISE,
+        env_kwargs={"length": 10_000},
+    )  # fmt: skip
+    assert (history.returns() == 1.0).all() and history.observations[0].shape == (10_002, 3)
+
+
+def test_passive_tmaze_round_trip_is_exact(tmp_path):
+    history = learn_task("passive_tmaze", None, 30, np.random.default_rng(0),
+                         env_kwargs={"length": 6})  # fmt: skip
+    history.generation = {"algorithm": "noisy_oracle"}
+    assert 0 < (history.returns() == 1).sum() < 30 and -1 / 6 in np.concatenate(history.rewards)
+    data_dir = save_history(history, tmp_path, 0)
+    (loaded,) = load_histories(tmp_path)
+    assert loaded.task is None
+    assert_same(loaded, history)
+    metadata = json.loads((data_dir / "metadata.json").read_text())
+    assert metadata["dmh"]["task"] is None and metadata["dmh"]["env"] == "passive_tmaze"
+    env = MinariDataset(data_dir).recover_environment()
+    assert env.unwrapped.goal_side is None and env.unwrapped.length == 6
+
+
+def test_cli_passive_tmaze(tmp_path, capsys):
+    out = tmp_path / "passive"
+    argv = ["--env", "passive_tmaze", "--tasks", "1", "--episodes", "20", "--length", "100"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "task 1/1 random side" in capsys.readouterr().out
+    (history,) = load_histories(out)
+    assert (history.env, history.task, history.env_kwargs) == (
+        "passive_tmaze",
+        None,
+        {"length": 100},
+    )
+    assert history.generation["algorithm"] == "noisy_oracle" and history.num_episodes == 20
+    assert history.generation["split"] == {"n_train": 1, "seed": 0}
+    assert {len(a) for a in history.actions} == {101}
+    # --tasks defaults to 1 there; the epsilon flags set the noise (none: every episode wins).
+    out = tmp_path / "exact"
+    argv = ["--env", "passive_tmaze", "--episodes", "4", "--length", "7"]
+    assert main([*argv, "--epsilon-start", "0", "--epsilon-end", "0", "--out", str(out)]) == 0
+    (history,) = load_histories(out)
+    assert (history.returns() == 1).all()
+    assert history.generation["learner"]["epsilon_start"] == 0.0
+
+
+# ------------------------------------------------------------------------------ runs, options
+
+
+def test_dataset_ids_are_unique_per_run():
+    assert dataset_id("darkroom", 3) == "darkroom-task-0003-v0" == dataset_id("darkroom", 3, 0)
+    assert dataset_id("darkroom", 3, 2) == "darkroom-task-0003-run-002-v0"
+    ids = {dataset_id("tmaze", p, r) for p in range(3) for r in range(3)}
+    assert len(ids) == 9
+
+
+def test_runs_give_independent_histories_per_task(tmp_path):
+    from lightning_drama.dmh.datamodule import DMHDataModule
+
+    out = tmp_path / "runs"
+    assert main(["--env", "passive_tmaze", "--episodes", "6", "--length", "4", "--runs", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["passive_tmaze-task-0000-run-001-v0", "passive_tmaze-task-0000-v0"]
+    first, second = load_histories(out)
+    assert first.generation["run"] == 0 and second.generation["run"] == 1
+    assert first.generation["runs"] == second.generation["runs"] == 2
+    assert any(
+        a.shape != b.shape or (a != b).any()
+        for a, b in zip(first.observations, second.observations, strict=True)
+    )
+    # The datamodule lists every history; the test task stays the one task None.
+    datamodule = DMHDataModule(str(out), episodes_per_context=2, c=5, batch_size=3)
+    datamodule.setup("fit")
+    assert len(datamodule.histories) == 2 and datamodule.test_tasks == [None]
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["states"].shape == (3, 10, 3)
+    # Grid worlds: each task's runs together, run 0 seeded as without --runs.
+    histories = generate("darkroom", 2, 3, tmp_path / "grid", runs=2, log=lambda _: None)
+    loaded = load_histories(tmp_path / "grid")
+    assert [h.task for h in loaded] == [t for t in split_tasks("darkroom", 2)[0] for _ in range(2)]
+    for got, made in zip(loaded, histories, strict=True):
+        assert_same(got, made)
+    alone = learn_task("darkroom", histories[0].task, 3, np.random.default_rng([0, 0]))
+    alone.generation = loaded[0].generation
+    assert_same(loaded[0], alone)
+
+
+def test_cli_grid_options(tmp_path):
+    out = tmp_path / "grid"
+    argv = ["--env", "darkroom", "--tasks", "1", "--episodes", "6", "--size", "5"]
+    assert main([*argv, "--episode-length", "7", "--start", "random", "--out", str(out)]) == 0
+    (history,) = load_histories(out)
+    assert history.env_kwargs == {"size": 5, "episode_length": 7, "start": "random"}
+    assert history.task == split_tasks("darkroom", 1, size=5)[0][0]
+    assert {obs.shape for obs in history.observations} == {(8, 2)}
+    assert all((obs >= 0).all() and (obs < 5).all() for obs in history.observations)
+    assert len({tuple(obs[0]) for obs in history.observations}) > 1  # random starts
+    # --start center is the envs' default: no option recorded, every episode at the centre.
+    out = tmp_path / "center"
+    assert main([*argv, "--start", "center", "--out", str(out)]) == 0
+    (history,) = load_histories(out)
+    assert history.env_kwargs == {"size": 5}
+    assert {tuple(obs[0]) for obs in history.observations} == {(2, 2)}
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -166,6 +324,19 @@ def test_cli_end_to_end(tmp_path, capsys):
         (["--env", "darkroom", "--algorithm", "ppo"], "--algorithm must be one of"),
         (["--env", "darkroom", "--length", "5"], "--length is the T-maze's corridor"),
         (["--env", "tmaze", "--length", "0", "--tasks", "1"], "length must be >= 1"),
+        (["--env", "passive_tmaze", "--tasks", "2"], "--tasks must be 1 for passive_tmaze"),
+        (["--env", "passive_tmaze", "--length", "0"], "length must be >= 1"),
+        (["--env", "key_to_door", "--length", "5"], "--length is the T-maze's corridor"),
+        (["--env", "tmaze", "--size", "5"], "--size is a grid-world option"),
+        (["--env", "passive_tmaze", "--episode-length", "9"], "--episode-length is a grid-world"),
+        (["--env", "tmaze", "--start", "random"], "--start is a grid-world option"),
+        (["--env", "darkroom", "--start", "corner"], "--start must be one of 'center', 'random'"),
+        (["--env", "darkroom", "--size", "1"], "size must be >= 2"),
+        (["--env", "darkroom", "--episode-length", "0"], "episode_length must be >= 1"),
+        (["--env", "darkroom", "--algorithm", "noisy_oracle"], "plays the T-maze presets"),
+        (["--env", "darkroom", "--runs", "0"], "--runs must be >= 1"),
+        (["--env", "tmaze", "--epsilon-end", "0"], "optimistic acts greedily"),
+        (["--env", "passive_tmaze", "--epsilon-end", "2"], "epsilon_end must be <= 1"),
     ],
 )
 def test_cli_refuses_bad_values(tmp_path, capsys, arguments, message):
@@ -188,3 +359,13 @@ def test_learner_settings_are_checked():
         LearnerSettings(discount=1.0)
     with pytest.raises(ConfigError, match="algorithm must be one of"):
         learn_task("darkroom", (0, 0), 1, np.random.default_rng(0), "sarsa")
+
+
+def test_cli_with_a_relative_out_directory(tmp_path, monkeypatch):
+    """``--out data/dmh/...`` as README writes it: Minari must not join the relative root
+    twice, and the histories load back from the same relative path."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--env", "darkroom", "--tasks", "2", "--episodes", "3", "--size", "3"]
+    assert main([*argv, "--out", "data/dmh/rel"]) == 0
+    histories = load_histories("data/dmh/rel")
+    assert len(histories) == 2 and all(h.num_episodes == 3 for h in histories)

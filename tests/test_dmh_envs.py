@@ -197,6 +197,81 @@ def test_tmaze_random_side_is_seeded():
     assert env.reset(seed=3)[1]["goal_side"] == sides[3]
 
 
+def passive_sides(env: gym.Env, seed: int, episodes: int = 30) -> list[int]:
+    """The side signals of ``episodes`` episodes after one seeded reset (as a history plays)."""
+    sides = []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=seed if episode == 0 else None)
+        assert obs.tolist()[:2] == [0, 0] and obs[2] == info["goal_side"]
+        sides.append(int(obs[2]))
+    return sides
+
+
+def test_passive_tmaze_preset_draws_a_side_every_episode():
+    env = make_dmh_env("passive_tmaze", None)
+    assert env.unwrapped.goal_side is None and env.unwrapped.length == 10  # the default
+    assert env.spec.id == envs.TMAZE_ID and env.spec.kwargs == {"goal_side": None, "length": 10}
+    env = make_dmh_env("passive_tmaze", None, length=3)
+    sides = passive_sides(env, seed=5)
+    assert set(sides) == {1, -1}  # varies across the episodes of one seeded run
+    assert passive_sides(env, seed=5) == sides  # the same seed repeats them
+    assert passive_sides(make_dmh_env("passive_tmaze", None, length=3), seed=5) == sides
+    assert passive_sides(env, seed=6) != sides
+    # The optimal walk, turning to the side the first observation shows, always earns 1.
+    for _ in range(6):
+        first, _ = env.reset()
+        turn = T_NORTH if first[2] == 1 else T_SOUTH
+        steps = [env.step(action) for action in [T_EAST] * 3 + [turn]]
+        assert [step[1] for step in steps] == [0, 0, 0, 1]
+        assert [step[2] for step in steps] == [False] * 3 + [True]
+        assert [step[0].tolist() for step in steps] == [
+            [1, 0, 0],
+            [2, 0, 0],
+            [3, 0, 0],
+            [3, first[2], 0],
+        ]
+
+
+def test_passive_tmaze_spec_rebuilds_the_random_side_env():
+    env = make_dmh_env("passive_tmaze", None, length=20000)
+    rebuilt = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
+    assert rebuilt.unwrapped.goal_side is None and rebuilt.unwrapped.length == 20000
+    assert rebuilt.unwrapped.episode_length == 20001
+
+
+def test_passive_tmaze_has_the_one_task_none():
+    assert num_tasks("passive_tmaze") == 1 == num_tasks("passive_tmaze", length=100)
+    assert task_at("passive_tmaze", 0) is None and all_tasks("passive_tmaze") == [None]
+    with pytest.raises(ConfigError, match="task index must be <= 0"):
+        task_at("passive_tmaze", 1)
+    with pytest.raises(ConfigError, match="only task is None"):
+        make_dmh_env("passive_tmaze", 1)
+    # "tmaze" keeps its two fixed sides.
+    assert all_tasks("tmaze") == [1, -1] and make_dmh_env("tmaze", -1).unwrapped.goal_side == -1
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_passive_tmaze_split_holds_nothing_out(seed):
+    for n_test in (None, 1):
+        assert split_tasks("passive_tmaze", 1, seed, n_test) == ([None], [None])
+    assert split_tasks("passive_tmaze", 1, seed, length=50) == ([None], [None])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((2,), "n_train must be 1, got 2: passive_tmaze has the one task None"),
+        ((0,), "n_train must be 1, got 0"),
+        ((True,), "n_train must be 1, got True"),
+        ((1, 0, 2), "n_test must be 1 or None, got 2"),
+        ((1, -1), "seed must be >= 0"),
+    ],
+)
+def test_passive_tmaze_split_refuses_other_sizes(args, message):
+    with pytest.raises(ConfigError, match=message):
+        split_tasks("passive_tmaze", *args)
+
+
 # ------------------------------------------------------------------------------ hidden tasks
 
 
@@ -223,7 +298,11 @@ def test_observations_do_not_show_the_task(name, first, second):
 
 @pytest.mark.parametrize(
     ("name", "task", "kwargs"),
-    [("darkroom", (2, 2), {"start": "random"}), ("tmaze", None, {"length": 5})],
+    [
+        ("darkroom", (2, 2), {"start": "random"}),
+        ("tmaze", None, {"length": 5}),
+        ("passive_tmaze", None, {"length": 5}),
+    ],
 )
 def test_same_seed_same_episode(name, task, kwargs):
     actions = np.random.default_rng(1).integers(4, size=30)

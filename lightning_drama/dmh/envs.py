@@ -58,6 +58,18 @@ credit assignment", NeurIPS; their code `twni2016/Memory-RL`, ``envs/tmaze.py`` 
   worlds) or ``None``: a side drawn per episode from the seeded RNG, Ni's protocol, which tests
   memory within an episode.
 
+Two presets use this env:
+
+- ``"tmaze"``: the task is the side, fixed for a whole history (tasks ``[1, -1]``). A held-out
+  task is "the other side", so it tests task inference across episodes, not memory.
+- ``"passive_tmaze"``: Ni et al.'s memory protocol, the one behind DM-H's T-maze claim (success
+  up to corridor length k = 20,000): ``goal_side=None``, the side is drawn **every episode** from
+  the env's seeded RNG and shown only at t = 0, so the agent must remember it for ``length``
+  steps. Its task list is the single task ``None`` ("random side"): `num_tasks` is 1 and
+  ``split_tasks("passive_tmaze", 1, seed)`` is ``([None], [None])``. Nothing is held out at the
+  task level there; what a test run has not seen is every episode's fresh side (and the test
+  envs' seeds).
+
 `make_dmh_env(name, task, **kwargs)` builds the named presets (`ENV_NAMES`) through Gymnasium's
 registry (ids in `ENV_IDS`), so each env has a spec that records its task; `all_tasks`,
 `num_tasks`, `task_at` and `split_tasks` enumerate and split the tasks of a preset.
@@ -75,8 +87,9 @@ import numpy as np
 from lightning_drama.checks import ConfigError, check_choice, check_int
 
 Cell = tuple[int, int]
-# Darkroom: the goal cell; Key-to-Door: (key, door); T-maze: the goal side, +1 or -1.
-Task = Cell | tuple[Cell, Cell] | int
+# Darkroom: the goal cell; Key-to-Door: (key, door); "tmaze": the goal side, +1 or -1;
+# "passive_tmaze": None (the side is drawn per episode).
+Task = Cell | tuple[Cell, Cell] | int | None
 
 # (dx, dy) of the grid worlds' actions 0..4: stay, north, south, west, east.
 GRID_MOVES = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
@@ -271,7 +284,9 @@ class EnvPreset:
     """A named env: its registered Gymnasium id, how its task is passed and its defaults."""
 
     env_id: str
-    task_kind: str  # "goal" (a cell), "key_door" (two cells) or "side" (+1 / -1)
+    # "goal" (a cell), "key_door" (two cells), "side" (+1 / -1) or "random_side" (None: the
+    # side is drawn per episode, so the preset has the one task None)
+    task_kind: str
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -291,7 +306,10 @@ PRESETS: dict[str, EnvPreset] = {
     ),
     "large_key_to_door": EnvPreset(KEY_TO_DOOR_ID, "key_door", {"size": 40, "episode_length": 500}),
     "tmaze": EnvPreset(TMAZE_ID, "side", {"length": 10}),
+    "passive_tmaze": EnvPreset(TMAZE_ID, "random_side", {"length": 10}),
 }
+# The presets on the T-maze (the others are grid worlds).
+TMAZE_NAMES = tuple(name for name, preset in PRESETS.items() if preset.env_id == TMAZE_ID)
 ENV_NAMES = tuple(PRESETS)
 ENV_IDS = (DARKROOM_ID, KEY_TO_DOOR_ID, TMAZE_ID)
 
@@ -315,13 +333,19 @@ def task_kwargs(name: str, task: Task | None) -> dict[str, Any]:
         if isinstance(task, (str, bytes)) or not isinstance(task, Sequence) or len(task) != 2:
             raise ConfigError(f"a {name} task is a pair of cells (key, door), got {task!r}")
         return {"key": task[0], "door": task[1]}
+    if kind == "random_side" and task is not None:
+        raise ConfigError(
+            f"the {name} env draws its goal side every episode: its only task is None, "
+            f"got {task!r} (a fixed side is the 'tmaze' preset)"
+        )
     return {"goal_side": task}
 
 
 def make_dmh_env(name: str, task: Task | None, **kwargs: Any) -> gym.Env:
-    """Build preset ``name`` (one of `ENV_NAMES`) on ``task`` (a goal cell, a (key, door) pair or
-    a T-maze side) with Gymnasium's ``gym.make``; ``kwargs`` override the preset's options (e.g.
-    ``start="random"``, ``length=100`` for the T-maze). The env's spec records the task."""
+    """Build preset ``name`` (one of `ENV_NAMES`) on ``task`` (a goal cell, a (key, door) pair,
+    a "tmaze" side, or None for "passive_tmaze") with Gymnasium's ``gym.make``; ``kwargs``
+    override the preset's options (e.g. ``start="random"``, ``length=100`` for the T-maze). The
+    env's spec records the task (``goal_side=None`` for "passive_tmaze")."""
     settings = env_settings(name, **kwargs)
     try:
         return gym.make(PRESETS[name].env_id, **task_kwargs(name, task), **settings)
@@ -331,10 +355,13 @@ def make_dmh_env(name: str, task: Task | None, **kwargs: Any) -> gym.Env:
 
 def num_tasks(name: str, **kwargs: Any) -> int:
     """How many tasks preset ``name`` has: every goal cell (81 on 9 x 9), every ordered (key,
-    door) pair of distinct cells (81 * 80 = 6480), or the two T-maze sides."""
+    door) pair of distinct cells (81 * 80 = 6480), the two "tmaze" sides, or the one task None of
+    "passive_tmaze"."""
     preset = PRESETS[check_choice("dmh", "env", name, ENV_NAMES)]
     if preset.task_kind == "side":
         return 2
+    if preset.task_kind == "random_side":
+        return 1
     cells = check_int(name, "size", env_settings(name, **kwargs)["size"], minimum=2) ** 2
     return cells if preset.task_kind == "goal" else cells * (cells - 1)
 
@@ -347,6 +374,8 @@ def task_at(name: str, index: int, **kwargs: Any) -> Task:
     kind = PRESETS[name].task_kind
     if kind == "side":
         return (1, -1)[index]
+    if kind == "random_side":
+        return None
     size = env_settings(name, **kwargs)["size"]
     if kind == "goal":
         return divmod(index, size)
@@ -357,8 +386,12 @@ def task_at(name: str, index: int, **kwargs: Any) -> Task:
 
 def all_tasks(name: str, **kwargs: Any) -> list[Task]:
     """Every task of preset ``name``: goal cells ``(x, y)`` in x-major order, (key, door) pairs
-    in key-major order, or the T-maze sides ``[1, -1]``."""
+    in key-major order, the "tmaze" sides ``[1, -1]``, or ``[None]`` for "passive_tmaze"."""
     return [task_at(name, i, **kwargs) for i in range(num_tasks(name, **kwargs))]
+
+
+def _is_one(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value == 1
 
 
 def split_tasks(
@@ -366,7 +399,25 @@ def split_tasks(
 ) -> tuple[list[Task], list[Task]]:
     """Disjoint train and test tasks of preset ``name``, drawn by a ``seed``-ed permutation of
     all tasks: ``n_train`` for training and ``n_test`` (default: all the others) for testing.
-    The same arguments always give the same split, so a dataset only needs to record them."""
+    The same arguments always give the same split, so a dataset only needs to record them.
+
+    "passive_tmaze" has the one task None (a side drawn per episode): its only split is
+    ``n_train=1`` and ``n_test`` None or 1, giving ``([None], [None])``. Nothing is held out at
+    the task level; what is unseen at test time is each episode's fresh side (and the test envs'
+    seeds). The ``seed`` is checked but changes nothing."""
+    if PRESETS[check_choice("dmh", "env", name, ENV_NAMES)].task_kind == "random_side":
+        if not _is_one(n_train):
+            raise ConfigError(
+                f"{name}.n_train must be 1, got {n_train!r}: {name} has the one task None (its "
+                "goal side is drawn every episode), used for training and testing alike"
+            )
+        if n_test is not None and not _is_one(n_test):
+            raise ConfigError(
+                f"{name}.n_test must be 1 or None, got {n_test!r}: {name} has the one task None "
+                "(play more test episodes for more sides)"
+            )
+        check_int(name, "seed", seed, minimum=0)
+        return [None], [None]
     count = num_tasks(name, **kwargs)
     n_train = check_int(name, "n_train", n_train, minimum=1, maximum=count - 1)
     rest = count - n_train
