@@ -189,6 +189,8 @@ def test_same_seed_same_batches(darkroom_dir):
         ({"seed": -1}, "seed must be >= 0"),
         ({"num_workers": -1}, "num_workers must be >= 0"),
         ({"episodes_per_context": 2.5}, "must be an integer"),
+        ({"episodes_per_context": 3, "min_episodes_per_context": 4}, "must be <= 3"),
+        ({"min_episodes_per_context": 0}, "min_episodes_per_context must be >= 1"),
     ],
 )
 def test_datamodule_refuses_bad_values(tmp_path, kwargs, message):
@@ -201,3 +203,22 @@ def test_datamodule_refuses_missing_or_short_data(tmp_path, darkroom_dir):
         DMHDataModule(str(tmp_path)).setup("fit")  # an empty directory
     with pytest.raises(ConfigError, match="exceeds the 20 episodes"):
         DMHDataModule(darkroom_dir, episodes_per_context=21).setup("fit")
+
+
+def test_contexts_of_varying_size(darkroom_dir):
+    """``min_episodes_per_context`` draws each context's number of episodes in [min, max]; the
+    loss still marks one whole episode, the context's last."""
+    batches = first_batches(darkroom_dir, count=20, episodes_per_context=3, c=5, batch_size=4,
+                            seed=0, min_episodes_per_context=1)  # fmt: skip
+    sizes = []
+    for batch in batches:
+        real = ~batch["pad"]
+        assert int(real.sum(1).max()) == batch["pad"].shape[1]  # padded to the longest only
+        sizes += (real.sum(1) // 20).tolist()
+        assert (batch["loss_mask"].sum(1) == 20).all()
+        assert batch["loss_mask"][:, -20:].all()
+        assert not (batch["pad"] & (batch["loss_mask"] > 0)).any()
+    assert set(sizes) == {1, 2, 3}
+    # The default keeps every context at episodes_per_context.
+    fixed = first_batches(darkroom_dir, count=3, episodes_per_context=3, c=5, batch_size=4)
+    assert all(not batch["pad"].any() and batch["pad"].shape[1] == 60 for batch in fixed)

@@ -133,5 +133,59 @@ def test_module_optimiser_and_refusals():
         DMHModule(env="dark")
     with pytest.raises(ConfigError, match="model.c is set"):
         DMHModule(model={"c": 3})
-    with pytest.raises(ConfigError, match="model:"):
+    with pytest.raises(ConfigError, match=r"model \(DM-H\): .*no_such_field"):
         DMHModule(model={"no_such_field": 1})
+
+
+TINY_AD = {"d_model": 16, "layers": 1, "heads": 2, "dropout": 0.0, "max_length": 64}
+TINY_DT = {"d_model": 16, "layers": 1, "heads": 2, "dropout": 0.0, "context_steps": 20}
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "fields", "net", "backbone"),
+    [
+        ("ad", TINY_AD, "AlgorithmDistillation", "transformer"),
+        ("dm", {**TINY_AD, "mamba_headdim": 8, "mamba_chunk_size": 8}, "AlgorithmDistillation",
+         "mamba2"),
+        ("dt", TINY_DT, "DecisionTransformer", None),
+    ],
+)  # fmt: skip
+def test_each_baseline_fits_and_plays_in_context_through_the_cli(
+    algorithm, fields, net, backbone, histories, tmp_path, monkeypatch
+):
+    """`--model.algorithm` swaps the network and its evaluation; data and CLI stay the same."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    model = json.dumps(fields)
+    main(["fit", "--config", DEBUG, "--data.data_dir", str(histories),
+          "--model.algorithm", algorithm, "--model.model", model,
+          "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    run = tmp_path / "runs" / "dmh" / "debug" / "version_0"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert state["hyper_parameters"]["algorithm"] == algorithm
+    losses = [float(r["train/loss"]) for r in csv.DictReader((run / "metrics.csv").open())
+              if r.get("train/loss")]  # fmt: skip
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    module = DMHModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert type(module.net).__name__ == net
+    if backbone:
+        assert module.net.config.backbone == backbone
+    main(["test", "--config", DEBUG, "--data.data_dir", str(histories),
+          "--data.n_test_tasks", "2", "--model.eval_episodes", "2",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])  # fmt: skip
+    (path,) = (tmp_path / "runs" / "dmh" / "debug").glob("version_1/in_context.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["episode"]) for r in rows] == [0, 1]
+    assert all(0 <= float(r["mean_return"]) <= 20 for r in rows)
+
+
+def test_algorithm_refusals():
+    from lightning_drama.checks import ConfigError
+
+    with pytest.raises(ConfigError, match="algorithm"):
+        DMHModule(algorithm="transformer")
+    with pytest.raises(ConfigError, match="'dm' is AD with backbone 'mamba2'"):
+        DMHModule(algorithm="dm", model={"backbone": "transformer"})
+    with pytest.raises(ConfigError, match="Decision Transformer"):
+        DMHModule(algorithm="dt", model={"gpt_layers": 2})  # a DM-H field

@@ -38,6 +38,23 @@ of the learning history: neighbouring episodes are from one stage of learning, t
 the source algorithm made there is what the context shows, and sorting them by return orders
 them from worse to better, the order the model learns to continue. (Episodes drawn from the
 whole history instead would mix random first episodes with near-optimal last ones.)
+
+**Context size** (``min_episodes_per_context``, default: ``episodes_per_context``, a fixed n).
+With a fixed n the loss only ever sees the n-th episode of a context, so the model never learns
+to act with fewer than n - 1 episodes behind it, which is exactly what the first in-context test
+episodes ask of it (the Mamba's memory starts empty). A smaller minimum draws n uniformly from
+``[min_episodes_per_context, episodes_per_context]`` for each context (the contexts of a batch
+are then left-padded to the longest). Our switch, measured in README (DM-H's paper gives n but
+not how short contexts are handled).
+
+**Order** (``order``, default "return"). "return" is the above, DM-H's. "history" keeps the
+episodes in the history's order (ascending episode index, whatever order they are given in), as
+Algorithm Distillation trains on the learning history as it was played (see
+`lightning_drama.dmh.baselines`): the context then shows the learner's own progress,
+improvements and relapses alike. Everything else follows the last episode **in that order**:
+``loss_mask`` marks it, and ``rtg`` is relabelled to its return R_last (so rtg can fall below
+the rewards still to come, and below 0, on an earlier episode that did better than the last
+one). AD reads no rtg; the relabelling only keeps the keys the same.
 """
 
 from __future__ import annotations
@@ -50,7 +67,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lightning_drama.checks import ConfigError, check_int
+from lightning_drama.checks import ConfigError, check_choice, check_int
 from lightning_drama.dmh.data import History, load_histories
 from lightning_drama.dmh.envs import split_tasks
 from lightning_drama.dmh.model import BATCH_KEYS, valuable_subgoals
@@ -60,6 +77,8 @@ CONTEXT_KEYS = (*BATCH_KEYS, "pad")
 # Batch dtypes: the integer keys are indices (embeddings, targets), the flags are bool.
 INT_KEYS = ("actions", "timesteps")
 BOOL_KEYS = ("pad",)
+# How a context orders its episodes: by ascending return (DM-H) or as in the history (AD).
+ORDERS = ("return", "history")
 
 
 def pad_context(context: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
@@ -83,17 +102,26 @@ def pad_context(context: dict[str, np.ndarray], length: int) -> dict[str, np.nda
 
 
 def make_context(
-    history: History, episode_indices: Sequence[int], c: int, length: int | None = None
+    history: History,
+    episode_indices: Sequence[int],
+    c: int,
+    length: int | None = None,
+    *,
+    order: str = "return",
 ) -> dict[str, np.ndarray]:
     """The DM-H training context of ``history``'s episodes ``episode_indices`` (any order; they
     are sorted by ascending return, ties in the given order), left-padded to a multiple of ``c``
     steps or to ``length`` (a multiple of c, at least the steps of the episodes).
+
+    ``order="history"`` puts the episodes in the history's order (ascending index) instead; the
+    loss mask and the rtg relabelling then follow the last of them (see the module docstring).
 
     Returns numpy arrays ``[L]`` or ``[L, d]``: ``states`` int64, ``actions`` int64,
     ``rewards`` float64, ``rtg`` float64, ``dones`` bool, ``timesteps`` int64, ``loss_mask``
     bool, ``subgoals`` float64, ``pad`` bool (see the module docstring for their meaning).
     """
     c = check_int("make_context", "c", c, minimum=1)
+    check_choice("make_context", "order", order, ORDERS)
     indices = list(episode_indices)
     if not indices:
         raise ConfigError("make_context: episode_indices is empty; a context needs an episode")
@@ -105,11 +133,14 @@ def make_context(
                 f"make_context: episode index {i} is outside the history's "
                 f"{history.num_episodes} episodes"
             )
-    returns = np.array([history.rewards[i].sum() for i in indices], np.float64)
-    order = [indices[k] for k in np.argsort(returns, kind="stable")]
-    target = float(history.rewards[order[-1]].sum())  # R_last
+    if order == "return":
+        returns = np.array([history.rewards[i].sum() for i in indices], np.float64)
+        episodes = [indices[k] for k in np.argsort(returns, kind="stable")]
+    else:
+        episodes = sorted(indices)
+    target = float(history.rewards[episodes[-1]].sum())  # R_last
     parts: dict[str, list[np.ndarray]] = {key: [] for key in CONTEXT_KEYS}
-    for position, e in enumerate(order):
+    for position, e in enumerate(episodes):
         obs, rewards = history.observations[e], history.rewards[e].astype(np.float64)
         steps = len(rewards)
         dones = np.zeros(steps, bool)
@@ -120,7 +151,7 @@ def make_context(
         parts["rtg"].append(target - (np.cumsum(rewards) - rewards))
         parts["dones"].append(dones)
         parts["timesteps"].append(np.arange(steps, dtype=np.int64))
-        parts["loss_mask"].append(np.full(steps, position == len(order) - 1))
+        parts["loss_mask"].append(np.full(steps, position == len(episodes) - 1))
         parts["subgoals"].append(valuable_subgoals(obs, rewards).numpy())
         parts["pad"].append(np.zeros(steps, bool))
     context = {key: np.concatenate(value) for key, value in parts.items()}
@@ -156,25 +187,34 @@ class ContextStream(IterableDataset):
 
     Seeded by ``(seed, worker id, pass)``: the same seed gives the same batches; each worker of
     a loader draws its own, and each new pass over the stream (a new iterator) continues with
-    other draws instead of repeating the first ones.
+    other draws instead of repeating the first ones. ``order``: `make_context`'s;
+    ``min_episodes_per_context``: see the module docstring (None: ``episodes_per_context``).
     """
 
     def __init__(
         self, histories: Sequence[History], episodes_per_context: int, c: int, batch_size: int,
-        seed: int,
+        seed: int, order: str = "return", min_episodes_per_context: int | None = None,
     ):  # fmt: skip
         self.histories = list(histories)
         self.episodes_per_context = episodes_per_context
         self.c = c
         self.batch_size = batch_size
         self.seed = seed
+        self.order = check_choice("ContextStream", "order", order, ORDERS)
+        self.min_episodes_per_context = check_int(
+            "ContextStream", "min_episodes_per_context",
+            episodes_per_context if min_episodes_per_context is None else min_episodes_per_context,
+            minimum=1, maximum=episodes_per_context,
+        )  # fmt: skip
         self._passes = 0
 
     def sample_context(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         history = self.histories[int(rng.integers(len(self.histories)))]
         n = self.episodes_per_context
+        if self.min_episodes_per_context < n:
+            n = int(rng.integers(self.min_episodes_per_context, n + 1))
         start = int(rng.integers(history.num_episodes - n + 1))
-        return make_context(history, range(start, start + n), self.c)
+        return make_context(history, range(start, start + n), self.c, order=self.order)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
@@ -205,6 +245,11 @@ class DMHDataModule(pl.LightningDataModule):
             the tasks the histories' training split left out (``split_tasks`` with the
             ``n_train`` and split seed the histories record).
         test_batch_size: test tasks played together in one `test_step`.
+        order: the episodes of a context by ascending "return" (DM-H's) or in "history" order
+            (Algorithm Distillation's); see the module docstring.
+        min_episodes_per_context: the fewest episodes of a context; each context draws its
+            number uniformly between this and ``episodes_per_context``. None (default): always
+            ``episodes_per_context``. See the module docstring.
     """
 
     def __init__(
@@ -217,6 +262,8 @@ class DMHDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         n_test_tasks: int | None = None,
         test_batch_size: int = 1,
+        order: str = "return",
+        min_episodes_per_context: int | None = None,
     ):
         super().__init__()
         where = "DMHDataModule"
@@ -234,6 +281,13 @@ class DMHDataModule(pl.LightningDataModule):
             n_test_tasks = check_int(where, "n_test_tasks", n_test_tasks, minimum=1)
         self.n_test_tasks = n_test_tasks
         self.test_batch_size = check_int(where, "test_batch_size", test_batch_size, minimum=1)
+        self.order = check_choice(where, "order", order, ORDERS)
+        if min_episodes_per_context is not None:
+            min_episodes_per_context = check_int(
+                where, "min_episodes_per_context", min_episodes_per_context, minimum=1,
+                maximum=self.episodes_per_context,
+            )  # fmt: skip
+        self.min_episodes_per_context = min_episodes_per_context
         self.histories: list[History] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -261,8 +315,9 @@ class DMHDataModule(pl.LightningDataModule):
         if self.histories is None:
             self.setup("fit")
         stream = ContextStream(
-            self.histories, self.episodes_per_context, self.c, self.batch_size, self.seed
-        )
+            self.histories, self.episodes_per_context, self.c, self.batch_size, self.seed,
+            self.order, self.min_episodes_per_context,
+        )  # fmt: skip
         return DataLoader(
             stream,
             batch_size=None,  # the stream yields whole batches

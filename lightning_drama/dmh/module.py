@@ -1,4 +1,7 @@
-"""`DMHModule`: DM-H training and in-context evaluation as a `LightningModule`.
+"""`DMHModule`: DM-H training and in-context evaluation as a `LightningModule`, and the same for
+the paper's baselines (``algorithm``: "dmh", "ad" Algorithm Distillation with a Transformer, "dm"
+AD with Mamba-2, "dt" Decision Transformer; see `lightning_drama.dmh.baselines`), so that all four
+train on the same contexts and are judged by the same evaluation.
 
 Training: `DecisionMambaHybrid.loss` on the `DMHDataModule` contexts, AdamW (the paper's lr 1e-4,
 weight decay 1e-4) with an optional linear warm-up. The paper's gradient clip (0.25) is the
@@ -38,11 +41,19 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_drama.checks import ConfigError, check_float, check_int
+from lightning_drama.checks import ConfigError, check_choice, check_float, check_int
 from lightning_drama.dmh.envs import ENV_NAMES, PRESETS, Task, env_settings, make_dmh_env, task_at
 from lightning_drama.dmh.model import DecisionMambaHybrid, DMHConfig
 
 CSV_NAME = "in_context.csv"
+# `DMHModule.algorithm`: DM-H and the paper's baselines, on the same data and evaluation.
+ALGORITHMS = ("dmh", "ad", "dm", "dt")
+ALGORITHM_NAMES = {
+    "dmh": "DM-H",
+    "ad": "AD (Transformer)",
+    "dm": "DM (AD with Mamba-2)",
+    "dt": "Decision Transformer",
+}
 
 
 def env_dims(env: str, **env_kwargs: Any) -> tuple[int, int]:
@@ -142,6 +153,30 @@ def play_in_context(
     return returns, seconds
 
 
+def build_network(
+    algorithm: str, state_dim: int, num_actions: int, c: int, fields: dict[str, Any]
+) -> tuple[torch.nn.Module, Any]:
+    """The network of ``algorithm`` (`ALGORITHMS`) built from its config ``fields``, and the
+    function that plays it in context (the signature of `play_in_context`)."""
+    from lightning_drama.dmh import baselines
+
+    where = f"DMHModule.model ({ALGORITHM_NAMES[algorithm]})"
+    fields = dict(fields)
+    if algorithm == "dm" and fields.setdefault("backbone", "mamba2") != "mamba2":
+        raise ConfigError(f"{where}: algorithm 'dm' is AD with backbone 'mamba2'; use 'ad'")
+    try:
+        if algorithm == "dmh":
+            config = DMHConfig(state_dim=state_dim, num_actions=num_actions, c=c, **fields)
+            return DecisionMambaHybrid(config), play_in_context
+        if algorithm == "dt":
+            config = baselines.DTConfig(state_dim=state_dim, num_actions=num_actions, **fields)
+            return baselines.DecisionTransformer(config), baselines.play_dt
+        config = baselines.ADConfig(state_dim=state_dim, num_actions=num_actions, **fields)
+        return baselines.AlgorithmDistillation(config), baselines.play_ad_in_context
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
 class DMHModule(pl.LightningModule):
     """DM-H training (`DecisionMambaHybrid.loss`) and in-context evaluation (`test_step`).
 
@@ -157,6 +192,11 @@ class DMHModule(pl.LightningModule):
         target_return: the return-to-go each test episode starts from; None = `max_return`.
         greedy: act with the argmax action (else sample) and the sub-goal's mean (else a draw).
         eval_seed: seeds the test envs' resets (task i: ``eval_seed + i``).
+        algorithm: the network (`ALGORITHMS`): "dmh" (`DecisionMambaHybrid`; ``model`` holds
+            `DMHConfig` fields), "ad" or "dm" (`AlgorithmDistillation` with a Transformer or a
+            Mamba-2; `ADConfig` fields; AD's evaluation carries one memory per task across the
+            episodes, `play_ad_in_context`), "dt" (`DecisionTransformer`, `DTConfig` fields;
+            every episode starts afresh, `play_dt`). ``c`` is DM-H's only.
     """
 
     def __init__(
@@ -172,6 +212,7 @@ class DMHModule(pl.LightningModule):
         target_return: float | None = None,
         greedy: bool = True,
         eval_seed: int = 0,
+        algorithm: str = "dmh",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -184,12 +225,9 @@ class DMHModule(pl.LightningModule):
         for key in ("state_dim", "num_actions", "c"):
             if key in model:
                 raise ConfigError(f"{where}.model.{key} is set from env / c; do not give it")
+        self.algorithm = check_choice(where, "algorithm", algorithm, ALGORITHMS)
         state_dim, num_actions = env_dims(env, **self.env_kwargs)
-        try:
-            config = DMHConfig(state_dim=state_dim, num_actions=num_actions, c=c, **model)
-        except TypeError as error:
-            raise ConfigError(f"{where}.model: {error}") from error
-        self.net = DecisionMambaHybrid(config)
+        self.net, self._play = build_network(self.algorithm, state_dim, num_actions, c, model)
         self.lr = check_float(where, "lr", lr, above=0)
         self.weight_decay = check_float(where, "weight_decay", weight_decay, minimum=0)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, minimum=0)
@@ -244,7 +282,7 @@ class DMHModule(pl.LightningModule):
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         all_tasks = self._test_tasks()
         indices = [int(i) for i in batch]
-        returns, seconds = play_in_context(
+        returns, seconds = self._play(
             self.net,
             self.env,
             [all_tasks[i] for i in indices],
@@ -278,7 +316,8 @@ class DMHModule(pl.LightningModule):
             }
         )
         lines = [
-            f"in-context returns over {n} test tasks (target return {self.target_return:g})",
+            f"{ALGORITHM_NAMES[self.algorithm]}: in-context returns over {n} test tasks "
+            f"(target return {self.target_return:g})",
             f"{'episode':>8} {'mean':>9} {'std':>9}",
         ]
         lines += [
