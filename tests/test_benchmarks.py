@@ -295,3 +295,43 @@ def test_gpu_check_tiny_cpu_mode_reports_every_number(tmp_path):
                  "target no_nan_16-mixed"):  # fmt: skip
         assert name in names, name
     assert markdown in result.stdout  # printed at the end
+
+
+def test_dmh_benchmark_trains_tests_and_tabulates_at_tiny_size(tmp_path, monkeypatch):
+    """`benchmarks/dmh.py`: data made once, each algorithm trained for its budget and played in
+    context, one row per run in results.json and the table."""
+    from benchmarks import dmh
+
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "dmh" / "debug.yaml")
+    argv = ["--envs", "darkroom", "--algorithms", "dmh", "ad", "--minutes", "0.05",
+            "--tasks", "3", "--episodes", "6", "--eval-episodes", "2", "--config", config,
+            "--data-dir", "data", "--out", "out", "--model-fields",
+            'ad={"d_model": 16, "layers": 1, "heads": 2}',
+            "--", "--data.n_test_tasks", "2"]  # fmt: skip
+    assert dmh.main(argv) == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = record["results"]
+    assert [r["algorithm"] for r in rows] == ["dmh", "ad"]
+    for row in rows:
+        assert row["steps"] > 0 and len(row["curve"]) == 2 and row["seconds_per_episode"] > 0
+        assert row["first"] == row["curve"][0] and row["last"] == row["curve"][1]
+    assert rows[0]["paper"] == 14.0 and rows[1]["paper"] == 13.0
+    table = dmh.table(rows)
+    assert "| darkroom | DM-H |" in table and "| darkroom | AD (Transformer) |" in table
+
+
+def test_dmh_memory_benchmark_reports_a_step_and_a_clean_out_of_memory():
+    """`benchmarks/dmh_memory.py`: a capped child either measures the step or reports running
+    out of memory, never killing the caller."""
+    from benchmarks import dmh_memory
+
+    row = dmh_memory.one_step("dmh", 10)
+    assert row["seconds"] > 0 and row["peak_mb"] > 0
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dmh_memory", "--lengths", "3000",
+         "--algorithms", "dt", "--limit-gb", "1.5"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| 3000 | DT | out of memory (1.5 GB cap) | – |" in done.stdout
