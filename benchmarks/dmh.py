@@ -16,6 +16,7 @@ per test episode (the online-time claim, DM-H vs AD).
 
 AD and DM train on contexts in history order (``--data.order history``, as AD does); DM-H and DT
 on contexts sorted by return (DM-H's). DT sees single episodes (``episodes_per_context`` 1).
+The baselines read no blocks, so they run with ``--data.episode_blocks false``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ PAPER = {
 # Per-algorithm overrides of the env's config (the same data, evaluation and budget).
 ALGORITHM_ARGS = {
     "dmh": [],
-    "ad": ["--model.algorithm", "ad", "--data.order", "history"],
-    "dm": ["--model.algorithm", "dm", "--data.order", "history"],
+    "ad": ["--model.algorithm", "ad", "--data.order", "history",
+           "--data.episode_blocks", "false"],
+    "dm": ["--model.algorithm", "dm", "--data.order", "history",
+           "--data.episode_blocks", "false"],
     "dt": ["--model.algorithm", "dt", "--data.episodes_per_context", "1",
-           "--data.min_episodes_per_context", "null"],
+           "--data.min_episodes_per_context", "null", "--data.episode_blocks", "false"],
 }  # fmt: skip
 
 

@@ -222,3 +222,26 @@ def test_contexts_of_varying_size(darkroom_dir):
     # The default keeps every context at episodes_per_context.
     fixed = first_batches(darkroom_dir, count=3, episodes_per_context=3, c=5, batch_size=4)
     assert all(not batch["pad"].any() and batch["pad"].shape[1] == 60 for batch in fixed)
+
+
+def test_episode_blocks_pad_each_episode_to_a_block():
+    """``episode_blocks``: every episode starts at a multiple of c, padded at its end with
+    neutral steps (pad 1, loss 0, reward 0, timesteps counting on)."""
+    history = hand_history()  # lengths 3, 2, 3; returns 2, 1, 3
+    context = make_context(history, [0, 1, 2], c=4, episode_blocks=True)
+    assert len(context["actions"]) == 12
+    # Sorted by return: episode 1 (2 steps + 2 pad), 0 (3 + 1), 2 (3 + 1).
+    assert context["pad"].tolist() == [0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert context["timesteps"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]
+    assert context["dones"].tolist() == [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0]
+    assert context["rewards"].tolist() == [1, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0]
+    assert context["loss_mask"].tolist() == [0] * 8 + [1, 1, 1, 0]
+    assert context["rtg"].tolist() == [3, 2, 2, 2, 3, 3, 2, 1, 3, 2, 1, 0]
+    assert (context["states"][context["pad"]] == 0).all()
+    # Each episode's first state is a block start (what DM-H's Mamba reads).
+    assert context["states"][::4].tolist() == [[0, 0], [0, 0], [0, 0]]
+    flat = make_context(history, [0, 1, 2], c=4)
+    real = ~context["pad"]
+    assert all((context[k][real] == flat[k]).all() for k in CONTEXT_KEYS if k != "pad")
+    # Multiples of c need no padding.
+    assert not make_context(history, [1], c=2, episode_blocks=True)["pad"].any()

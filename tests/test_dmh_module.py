@@ -74,6 +74,8 @@ def test_test_writes_the_in_context_curve(fitted, histories, monkeypatch):
     assert all(int(r["n_tasks"]) == 2 for r in rows)
     assert all(0 <= float(r["mean_return"]) <= 20 and math.isfinite(float(r["std_return"]))
                for r in rows)  # fmt: skip
+    for r in rows:  # the 95 % interval of the mean over the 2 tasks
+        assert np.isclose(float(r["ci95"]), 1.96 * float(r["std_return"]) / math.sqrt(2))
     # One Mamba memory per task (2 batches of 1 task), not one per episode (6).
     assert calls == [1, 1]
 
@@ -160,6 +162,7 @@ def test_each_baseline_fits_and_plays_in_context_through_the_cli(
     model = json.dumps(fields)
     main(["fit", "--config", DEBUG, "--data.data_dir", str(histories),
           "--model.algorithm", algorithm, "--model.model", model,
+          "--data.episode_blocks", "false",  # the baselines read no blocks
           "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"])  # fmt: skip
     run = tmp_path / "runs" / "dmh" / "debug" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
@@ -173,6 +176,7 @@ def test_each_baseline_fits_and_plays_in_context_through_the_cli(
         assert module.net.config.backbone == backbone
     main(["test", "--config", DEBUG, "--data.data_dir", str(histories),
           "--data.n_test_tasks", "2", "--model.eval_episodes", "2",
+          "--data.episode_blocks", "false",
           "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])  # fmt: skip
     (path,) = (tmp_path / "runs" / "dmh" / "debug").glob("version_1/in_context.csv")
     rows = list(csv.DictReader(path.open()))
@@ -189,3 +193,42 @@ def test_algorithm_refusals():
         DMHModule(algorithm="dm", model={"backbone": "transformer"})
     with pytest.raises(ConfigError, match="Decision Transformer"):
         DMHModule(algorithm="dt", model={"gpt_layers": 2})  # a DM-H field
+    with pytest.raises(ConfigError, match="set data.episode_blocks false"):
+        DMHModule(algorithm="ad", episode_blocks=True)
+
+
+@pytest.mark.parametrize("episode_blocks", [False, True])
+def test_episode_blocks_show_every_episode_start_to_the_mamba(episode_blocks, monkeypatch):
+    """A passive T-maze of 6-step episodes, c = 5: only with ``episode_blocks`` does every
+    episode's first observation (the only one with the side signal) open a block, and the env
+    then waits out its block with the training's padding (zero states, timesteps counting on)."""
+    torch.manual_seed(0)
+    maze = {"length": 5}
+    module = DMHModule(env="passive_tmaze", env_kwargs=maze, c=5, model=TINY)
+    model = module.net.eval()
+    seen, blocks = [], []
+    original_subgoal, original_act = DecisionMambaHybrid.subgoal, DecisionMambaHybrid.act_logits
+
+    def subgoal(self, memory, rtg, state, sample=False):
+        seen.append(state.clone())
+        return original_subgoal(self, memory, rtg, state, sample)
+
+    def act_logits(self, z, states, actions, rewards, timesteps):
+        if states.shape[1] == 5:  # a block's last step: the whole block's inputs
+            blocks.append((states.clone(), actions.clone(), timesteps.clone()))
+        return original_act(self, z, states, actions, rewards, timesteps)
+
+    monkeypatch.setattr(DecisionMambaHybrid, "subgoal", subgoal)
+    monkeypatch.setattr(DecisionMambaHybrid, "act_logits", act_logits)
+    returns, _ = play_in_context(model, "passive_tmaze", [None], 4, 1.0, env_kwargs=maze,
+                                 episode_blocks=episode_blocks)  # fmt: skip
+    assert returns.shape == (1, 4)
+    starts = sum(int(state[0, 2] != 0) for state in seen)  # the signal is at t = 0 only
+    if not episode_blocks:
+        assert (len(seen), starts) == (5, 1)  # 24 steps in 5 blocks; episodes start at 0, 6, ...
+        return
+    assert (len(seen), starts) == (8, 4)  # 2 blocks per episode, each episode opens one
+    for k in range(1, 8, 2):  # an episode's second block: its 6th step, then 4 padding steps
+        states, actions, timesteps = blocks[k]
+        assert timesteps[0].tolist() == [5, 6, 7, 8, 9]
+        assert (states[0, 1:] == 0).all() and (actions[0, 1:] == 0).all()

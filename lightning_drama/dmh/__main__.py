@@ -8,7 +8,8 @@
 
 ``fit`` trains for ``trainer.max_steps``; ``test`` plays the held-out tasks in context and writes
 ``<log_dir>/in_context.csv`` (see `lightning_drama.dmh.module`). ``data.c`` is also the model's
-block size (linked). `python -m lightning_drama.dmh fit --help` lists every option.
+block size and ``data.episode_blocks`` the model's (linked).
+`python -m lightning_drama.dmh fit --help` lists every option.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class DMHCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.c", "model.c")
+        parser.link_arguments("data.episode_blocks", "model.episode_blocks")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from the checkpoint's hyperparameters; we keep the

@@ -39,6 +39,20 @@ the source algorithm made there is what the context shows, and sorting them by r
 them from worse to better, the order the model learns to continue. (Episodes drawn from the
 whole history instead would mix random first episodes with near-optimal last ones.)
 
+**Episode blocks** (``episode_blocks``, default False). DM-H reads its Mamba tokens once every
+``c`` steps, and the state token is the block's first state. With blocks cut from the flat
+context whatever the episode boundaries, an episode whose length is not a multiple of c starts
+in the middle of a block, so its first state never reaches the Mamba: fatal in the T-maze, where
+only the first observation shows the goal side (our first T-maze runs could not learn it:
+README). ``episode_blocks=True`` pads every episode **at its end** with neutral steps (as the
+left padding below, but ``rtg`` = what is left of R_last after the episode and ``timesteps``
+counting on) to a multiple of c, so that every episode starts a block; the evaluation does the
+same (an env whose episode ends inside a block waits for the next block). The 9 x 9 rooms' 20
+steps are a multiple of c = 5 and need none. The padding only follows an episode's own steps in
+its last block, so the GPT's causal attention keeps it from every real prediction, and it is
+out of the loss. (Our switch: the paper's text does not say how blocks meet episode
+boundaries; DM-H's configs turn it on.)
+
 **Context size** (``min_episodes_per_context``, default: ``episodes_per_context``, a fixed n).
 With a fixed n the loss only ever sees the n-th episode of a context, so the model never learns
 to act with fewer than n - 1 episodes behind it, which is exactly what the first in-context test
@@ -108,6 +122,7 @@ def make_context(
     length: int | None = None,
     *,
     order: str = "return",
+    episode_blocks: bool = False,
 ) -> dict[str, np.ndarray]:
     """The DM-H training context of ``history``'s episodes ``episode_indices`` (any order; they
     are sorted by ascending return, ties in the given order), left-padded to a multiple of ``c``
@@ -115,6 +130,8 @@ def make_context(
 
     ``order="history"`` puts the episodes in the history's order (ascending index) instead; the
     loss mask and the rtg relabelling then follow the last of them (see the module docstring).
+    ``episode_blocks=True`` pads each episode at its end to a multiple of c, so that every
+    episode starts a block of the model (see the module docstring).
 
     Returns numpy arrays ``[L]`` or ``[L, d]``: ``states`` int64, ``actions`` int64,
     ``rewards`` float64, ``rtg`` float64, ``dones`` bool, ``timesteps`` int64, ``loss_mask``
@@ -154,6 +171,18 @@ def make_context(
         parts["loss_mask"].append(np.full(steps, position == len(episodes) - 1))
         parts["subgoals"].append(valuable_subgoals(obs, rewards).numpy())
         parts["pad"].append(np.zeros(steps, bool))
+        extra = -steps % c if episode_blocks else 0
+        if extra:  # neutral steps after the episode, up to its block's end
+            for key in CONTEXT_KEYS:
+                last = parts[key][-1]
+                fill = np.zeros((extra, *last.shape[1:]), last.dtype)
+                if key == "rtg":
+                    fill[:] = target - rewards.sum()  # what is left after the episode
+                elif key == "timesteps":
+                    fill[:] = np.arange(steps, steps + extra)
+                elif key == "pad":
+                    fill[:] = True
+                parts[key].append(fill)
     context = {key: np.concatenate(value) for key, value in parts.items()}
     steps = len(context["actions"])
     if length is None:
@@ -188,12 +217,14 @@ class ContextStream(IterableDataset):
     Seeded by ``(seed, worker id, pass)``: the same seed gives the same batches; each worker of
     a loader draws its own, and each new pass over the stream (a new iterator) continues with
     other draws instead of repeating the first ones. ``order``: `make_context`'s;
-    ``min_episodes_per_context``: see the module docstring (None: ``episodes_per_context``).
+    ``min_episodes_per_context``: see the module docstring (None: ``episodes_per_context``);
+    ``episode_blocks``: `make_context`'s.
     """
 
     def __init__(
         self, histories: Sequence[History], episodes_per_context: int, c: int, batch_size: int,
         seed: int, order: str = "return", min_episodes_per_context: int | None = None,
+        episode_blocks: bool = False,
     ):  # fmt: skip
         self.histories = list(histories)
         self.episodes_per_context = episodes_per_context
@@ -206,6 +237,7 @@ class ContextStream(IterableDataset):
             episodes_per_context if min_episodes_per_context is None else min_episodes_per_context,
             minimum=1, maximum=episodes_per_context,
         )  # fmt: skip
+        self.episode_blocks = bool(episode_blocks)
         self._passes = 0
 
     def sample_context(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -214,7 +246,10 @@ class ContextStream(IterableDataset):
         if self.min_episodes_per_context < n:
             n = int(rng.integers(self.min_episodes_per_context, n + 1))
         start = int(rng.integers(history.num_episodes - n + 1))
-        return make_context(history, range(start, start + n), self.c, order=self.order)
+        return make_context(
+            history, range(start, start + n), self.c, order=self.order,
+            episode_blocks=self.episode_blocks,
+        )  # fmt: skip
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
@@ -250,6 +285,10 @@ class DMHDataModule(pl.LightningDataModule):
         min_episodes_per_context: the fewest episodes of a context; each context draws its
             number uniformly between this and ``episodes_per_context``. None (default): always
             ``episodes_per_context``. See the module docstring.
+        episode_blocks: pad every episode at its end to a multiple of ``c`` so that each
+            episode starts a new block (DM-H's Mamba then reads every episode's first state);
+            the CLI passes it on to `DMHModule`, whose evaluation then starts each episode at a
+            block too. False: blocks run on across episode boundaries. See the module docstring.
     """
 
     def __init__(
@@ -264,6 +303,7 @@ class DMHDataModule(pl.LightningDataModule):
         test_batch_size: int = 1,
         order: str = "return",
         min_episodes_per_context: int | None = None,
+        episode_blocks: bool = False,
     ):
         super().__init__()
         where = "DMHDataModule"
@@ -288,6 +328,7 @@ class DMHDataModule(pl.LightningDataModule):
                 maximum=self.episodes_per_context,
             )  # fmt: skip
         self.min_episodes_per_context = min_episodes_per_context
+        self.episode_blocks = bool(episode_blocks)
         self.histories: list[History] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -316,7 +357,7 @@ class DMHDataModule(pl.LightningDataModule):
             self.setup("fit")
         stream = ContextStream(
             self.histories, self.episodes_per_context, self.c, self.batch_size, self.seed,
-            self.order, self.min_episodes_per_context,
+            self.order, self.min_episodes_per_context, self.episode_blocks,
         )  # fmt: skip
         return DataLoader(
             stream,

@@ -25,7 +25,8 @@ about the goal (a per-task optimal return would leak its distance from the start
 The result is the in-context learning curve: the mean return at each episode index over the test
 tasks, logged (``test/return_first``, ``test/return_last``, ``test/return_mean``,
 ``test/seconds_per_episode``), printed as a table and written to ``<log_dir>/in_context.csv``
-(``episode, mean_return, std_return, n_tasks``).
+(``episode, mean_return, std_return, ci95, n_tasks``; ci95 is the half-width of a normal 95 %
+interval of the mean over the test tasks, 1.96 std / sqrt(n)).
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ def play_in_context(
     greedy: bool = True,
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
+    episode_blocks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play ``episodes`` consecutive episodes of each task in ``tasks`` (in parallel, one env per
     task), carrying one Mamba memory per task across its episodes (see the module docstring).
+    With ``episode_blocks`` (as the training contexts were made, `make_context`), every episode
+    starts a block: an env whose episode ends inside a block feeds the training's neutral
+    padding steps (state 0, action 0, reward 0, timesteps counting on) until the block ends.
 
     Returns ``returns [len(tasks), episodes]`` and ``seconds [len(tasks), episodes]``, each
     episode's wall time (the tasks run together, so a step's time is shared by the batch).
@@ -103,7 +108,9 @@ def play_in_context(
     t = np.zeros(b, np.int64)  # step within the episode
     started = np.full(b, time.perf_counter())
     memory = model.initial_state(b, device)  # once per task, for all its episodes
+    waiting = np.zeros(b, bool)  # episode_blocks: the episode ended, padding to the block's end
     while (episode < episodes).any():
+        waiting[:] = False
         active = episode < episodes
         rtg = torch.tensor(target_return - returns[np.arange(b), episode.clip(max=episodes - 1)])
         z, memory = model.subgoal(
@@ -112,8 +119,9 @@ def play_in_context(
         states, actions, rewards, timesteps = [], [], [], []
         block_done = np.zeros(b, bool)
         empty = torch.zeros(b, 0, device=device)
-        for _ in range(c):
-            states.append(torch.tensor(obs, device=device))  # a copy: obs changes
+        for j in range(c):
+            # a copy, as obs changes; a waiting env shows the padding's zero state
+            states.append(torch.tensor(np.where(waiting[:, None], 0, obs), device=device))
             timesteps.append(torch.tensor(t, device=device))
             logits = model.act_logits(
                 z,
@@ -126,8 +134,12 @@ def play_in_context(
                 action = logits.argmax(-1)
             else:
                 action = torch.distributions.Categorical(logits=logits.float()).sample()
+            action = torch.where(torch.as_tensor(waiting, device=device), 0, action)
             step_rewards = np.zeros(b)
             for i, e in enumerate(envs):
+                if waiting[i]:
+                    t[i] += 1  # a padding step: timesteps count on, as in training
+                    continue
                 if not active[i]:
                     continue  # finished: its stream is padded with no-ops, never read
                 next_obs, reward, terminated, truncated, _ = e.step(int(action[i]))
@@ -140,12 +152,15 @@ def play_in_context(
                     started[i] = now
                     block_done[i] = True
                     episode[i] += 1
-                    t[i] = 0
                     active[i] = episode[i] < episodes
                     next_obs = e.reset()[0] if active[i] else next_obs
+                    waiting[i] = episode_blocks and j < c - 1
+                    if not waiting[i]:
+                        t[i] = 0
                 obs[i] = next_obs
             actions.append(action.long())
             rewards.append(torch.as_tensor(step_rewards, dtype=torch.float32, device=device))
+        t[waiting] = 0  # the next episode starts at the next block
         reward_sum = torch.stack(rewards, 1).sum(1)
         memory = model.close_block(memory, reward_sum, torch.as_tensor(block_done, device=device))
     for e in envs:
@@ -197,6 +212,9 @@ class DMHModule(pl.LightningModule):
             Mamba-2; `ADConfig` fields; AD's evaluation carries one memory per task across the
             episodes, `play_ad_in_context`), "dt" (`DecisionTransformer`, `DTConfig` fields;
             every episode starts afresh, `play_dt`). ``c`` is DM-H's only.
+        episode_blocks: every episode starts a block of c steps, in training (linked from
+            ``data.episode_blocks`` by the CLI) and in the evaluation (`play_in_context`); DM-H
+            only (the baselines read no blocks and refuse it).
     """
 
     def __init__(
@@ -213,6 +231,7 @@ class DMHModule(pl.LightningModule):
         greedy: bool = True,
         eval_seed: int = 0,
         algorithm: str = "dmh",
+        episode_blocks: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -228,6 +247,12 @@ class DMHModule(pl.LightningModule):
         self.algorithm = check_choice(where, "algorithm", algorithm, ALGORITHMS)
         state_dim, num_actions = env_dims(env, **self.env_kwargs)
         self.net, self._play = build_network(self.algorithm, state_dim, num_actions, c, model)
+        self.episode_blocks = bool(episode_blocks)
+        if self.episode_blocks and self.algorithm != "dmh":
+            raise ConfigError(
+                f"{where}: episode_blocks pads episodes to DM-H's blocks; {algorithm!r} reads no "
+                "blocks (set data.episode_blocks false)"
+            )
         self.lr = check_float(where, "lr", lr, above=0)
         self.weight_decay = check_float(where, "weight_decay", weight_decay, minimum=0)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, minimum=0)
@@ -291,6 +316,7 @@ class DMHModule(pl.LightningModule):
             greedy=self.greedy,
             seed=self.eval_seed + indices[0],
             env_kwargs=self.env_kwargs,
+            **({"episode_blocks": True} if self.episode_blocks else {}),
         )
         self._returns.append(returns)
         self._seconds.append(seconds)
@@ -302,10 +328,12 @@ class DMHModule(pl.LightningModule):
         seconds = np.concatenate(self._seconds)
         n = returns.shape[0]
         mean, std = returns.mean(0), returns.std(0)
+        half_width = 1.96 * std / math.sqrt(n)  # normal 95 % interval of the mean over tasks
         self.in_context_curve = [
-            {"episode": e, "mean_return": float(m), "std_return": float(s), "n_tasks": n}
-            for e, (m, s) in enumerate(zip(mean, std, strict=True))
-        ]
+            {"episode": e, "mean_return": float(m), "std_return": float(s),
+             "ci95": float(h), "n_tasks": n}
+            for e, (m, s, h) in enumerate(zip(mean, std, half_width, strict=True))
+        ]  # fmt: skip
         per_episode = float(seconds.mean())
         self.log_dict(
             {
@@ -318,10 +346,10 @@ class DMHModule(pl.LightningModule):
         lines = [
             f"{ALGORITHM_NAMES[self.algorithm]}: in-context returns over {n} test tasks "
             f"(target return {self.target_return:g})",
-            f"{'episode':>8} {'mean':>9} {'std':>9}",
+            f"{'episode':>8} {'mean':>9} {'std':>9} {'95% CI':>9}",
         ]
         lines += [
-            f"{r['episode']:>8d} {r['mean_return']:>9.3f} {r['std_return']:>9.3f}"
+            f"{r['episode']:>8d} {r['mean_return']:>9.3f} {r['std_return']:>9.3f} {r['ci95']:>9.3f}"
             for r in self.in_context_curve
         ]
         lines.append(f"{per_episode:.3f} s per episode")
@@ -330,7 +358,7 @@ class DMHModule(pl.LightningModule):
         if self.trainer.is_global_zero and log_dir:
             os.makedirs(log_dir, exist_ok=True)
             with open(os.path.join(log_dir, CSV_NAME), "w", newline="") as file:
-                writer = csv.DictWriter(file, ["episode", "mean_return", "std_return", "n_tasks"])
+                writer = csv.DictWriter(file, list(self.in_context_curve[0]))
                 writer.writeheader()
                 writer.writerows(self.in_context_curve)
         if not all(math.isfinite(r["mean_return"]) for r in self.in_context_curve):
