@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_dmh_datamodule import hand_history  # 3 hand-made episodes (tests/ is on the path)
 
 from lightning_drama.checks import ConfigError
 from lightning_drama.dmh.baselines import (
@@ -18,7 +19,7 @@ from lightning_drama.dmh.baselines import (
     play_ad_in_context,
     play_dt,
 )
-from lightning_drama.dmh.data import History, generate
+from lightning_drama.dmh.data import generate
 from lightning_drama.dmh.datamodule import (
     CONTEXT_KEYS,
     ContextStream,
@@ -435,27 +436,6 @@ def test_play_dt_starts_each_episode_afresh(monkeypatch):
 
 
 # ------------------------------------------------------------------- history-ordered contexts
-
-
-def hand_history() -> History:
-    """3 episodes of returns 2, 1, 3 and lengths 3, 2, 3 (as in test_dmh_datamodule)."""
-    obs = [
-        [[0, 0], [0, 1], [1, 1], [2, 1]],
-        [[0, 0], [1, 0], [1, 1]],
-        [[0, 0], [0, 1], [0, 2], [1, 2]],
-    ]
-    actions = [[1, 2, 3], [4, 0], [0, 1, 2]]
-    rewards = [[0.0, 1.0, 1.0], [1.0, 0.0], [1.0, 1.0, 1.0]]
-    return History(
-        "darkroom",
-        (0, 0),
-        {},
-        observations=[np.array(o, np.int64) for o in obs],
-        actions=[np.array(a, np.int64) for a in actions],
-        rewards=[np.array(r, np.float64) for r in rewards],
-        terminations=[np.zeros(len(a), bool) for a in actions],
-        truncations=[np.arange(len(a)) == len(a) - 1 for a in actions],
-    )
 
 
 def test_make_context_in_history_order():
