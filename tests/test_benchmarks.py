@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -335,3 +336,15 @@ def test_dmh_memory_benchmark_reports_a_step_and_a_clean_out_of_memory():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "| 3000 | DT | out of memory (1.5 GB cap) | – |" in done.stdout
+
+
+def test_dmh_online_benchmark_times_both_at_tiny_size(capsys):
+    """`benchmarks/dmh_online.py`: a row per reported episode with both times and the ratios."""
+    from benchmarks import dmh_online
+
+    assert dmh_online.main(["--envs", "darkroom", "--episodes", "2", "--no-cache-steps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| darkroom")]
+    assert len(rows) == 2  # episodes 0 and 1 (the middle one is 1)
+    cells = [cell.strip() for cell in rows[1].strip("|").split("|")]
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0
+    assert np.isclose(float(cells[4]), float(cells[3]) / float(cells[2]), rtol=0.02, atol=0.01)
