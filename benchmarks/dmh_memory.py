@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(json.dumps(one_step(args.child[0], int(args.child[1]))))
         except (RuntimeError, MemoryError) as error:
-            print(json.dumps({"error": str(error).splitlines()[0][:200]}))
+            message = str(error).splitlines()[0][:200]
+            if not isinstance(error, MemoryError) and "alloc" not in message.lower():
+                raise  # not running out of memory
+            print(json.dumps({"error": message}))
         return 0
     rows = []
     print("| k | model | one training step | peak memory |\n|---|---|---|---|")
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             row.update(k=length, algorithm=algorithm)
             rows.append(row)
             name = "DM-H" if algorithm == "dmh" else "DT"
-            if "error" in row:
+            if "error" in row and row["error"].startswith("exit"):
+                print(f"| {length} | {name} | failed ({row['error']}): {done.stderr[-300:]} | – |")
+            elif "error" in row:
                 print(f"| {length} | {name} | out of memory ({args.limit_gb:g} GB cap) | – |")
             else:
                 print(f"| {length} | {name} | {row['seconds']:.2f} s | {row['peak_mb']:,.0f} MB |")

@@ -7,10 +7,10 @@ Untrained networks at the paper's sizes (the time does not depend on the weights
 ``--episodes`` consecutive episodes with the memory carried, 1 CPU thread by default. DM-H's
 Mamba reads 4 tokens per block of c steps and its GPT re-reads the current block (at most
 3 c - 1 tokens) at every step: constant work per step. AD reads one token per step through the
-Transformer's key/value cache, attending to everything so far (its window is set to the whole
-test history): work per step grows with the history. "AD, no cache" re-reads the whole history
-at every step, as a Transformer without a cache must (measured on the first ``--no-cache-steps``
-steps of the stream and reported per step, scaled to an episode at the stream's mean length).
+Transformer's key/value cache, a fixed buffer as long as its window (set to the whole test
+history), so its work per step is that window's from the first step on. "AD, no cache"
+re-reads the whole history at every step, as a Transformer without a cache must (measured on
+``--no-cache-steps`` steps at half the test history, scaled to an episode).
 The ratios are AD / DM-H for the same episode index.
 """
 

@@ -311,3 +311,32 @@ def test_tiny_model_overfits_a_fixed_batch():
     with torch.no_grad():
         final = float(model.eval()(batch)["loss"])
     assert final < first / 20, (first, final)
+
+
+def test_left_padding_blocks_do_not_reach_the_real_blocks():
+    """A context batched behind whole blocks of left padding gives the same sub-goals, logits and
+    loss on its real blocks as alone: the Mamba starts afresh at the first real block."""
+    torch.manual_seed(0)
+    model = tiny_model().double().eval()
+    alone = tiny_batch(episodes=2, seed=3, dtype=torch.float64)
+    L, c = alone["actions"].shape[1], model.config.c
+    extra = 3 * c
+    padded = {}
+    for key, value in alone.items():
+        fill = torch.full_like(value[:, :extra], 7)  # garbage: must not matter
+        padded[key] = torch.cat([fill, value], 1)
+    real = torch.zeros_like(alone["actions"], dtype=torch.bool)
+    padded["pad"] = torch.cat([torch.ones_like(real[:, :extra]), real], 1)
+    padded["loss_mask"][:, :extra] = 0
+    padded["actions"][:, :extra] = 1
+    with torch.no_grad():
+        a, p = model(alone), model(padded)
+    assert torch.allclose(p["z_mean"][:, 3:], a["z_mean"], atol=1e-10)
+    assert torch.allclose(p["logits"][:, extra:], a["logits"], atol=1e-10)
+    assert torch.allclose(p["loss"], a["loss"], atol=1e-12)
+    # Without the flag the padding would leak into the memory.
+    del padded["pad"]
+    with torch.no_grad():
+        leaky = model(padded)
+    assert not torch.allclose(leaky["z_mean"][:, 3:], a["z_mean"], atol=1e-6)
+    assert L % c == 0

@@ -5,6 +5,7 @@ Mamba memory per task across its episodes."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -156,13 +157,12 @@ def test_each_baseline_fits_and_plays_in_context_through_the_cli(
     algorithm, fields, net, backbone, histories, tmp_path, monkeypatch
 ):
     """`--model.algorithm` swaps the network and its evaluation; data and CLI stay the same."""
-    import json
-
     monkeypatch.chdir(tmp_path)
     model = json.dumps(fields)
+    one_episode = ["--data.episodes_per_context", "1"] if algorithm == "dt" else []
     main(["fit", "--config", DEBUG, "--data.data_dir", str(histories),
           "--model.algorithm", algorithm, "--model.model", model,
-          "--data.episode_blocks", "false",  # the baselines read no blocks
+          "--data.episode_blocks", "false", *one_episode,  # the baselines read no blocks
           "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1"])  # fmt: skip
     run = tmp_path / "runs" / "dmh" / "debug" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
@@ -232,3 +232,25 @@ def test_episode_blocks_show_every_episode_start_to_the_mamba(episode_blocks, mo
         states, actions, timesteps = blocks[k]
         assert timesteps[0].tolist() == [5, 6, 7, 8, 9]
         assert (states[0, 1:] == 0).all() and (actions[0, 1:] == 0).all()
+
+
+def test_test_refuses_a_block_setting_other_than_the_checkpoints(fitted, histories, capsys):
+    """``c`` and ``episode_blocks`` come from the data config (linked), also for ``test
+    --ckpt_path``: another value than the checkpoint's would evaluate it unlike its training."""
+    cwd, _, checkpoint = fitted
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
+        patch.chdir(cwd)
+        main(["test", "--config", DEBUG, "--data.data_dir", str(histories),
+              "--data.episode_blocks", "false", "--ckpt_path", str(checkpoint)])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "trained with episode_blocks true" in capsys.readouterr().err
+
+
+def test_dt_refuses_contexts_of_several_episodes(histories, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEBUG, "--data.data_dir", str(histories),
+              "--model.algorithm", "dt", "--model.model", json.dumps(TINY_DT),
+              "--data.episode_blocks", "false", "--trainer.max_steps", "1"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "Decision Transformer reads each episode's own return-to-go" in capsys.readouterr().err

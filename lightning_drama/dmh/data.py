@@ -46,8 +46,9 @@ uniformly random action somewhere along the corridor (each of its k corridor ste
 probability epsilon / k), and with probability epsilon a random action at the turn (and on any
 later step), so the history's returns rise as the noise falls, whatever the corridor's length.
 It learns nothing: its improvement is the schedule's. A random step in the corridor other than
-east loses the episode (the walk has no spare step), so an episode succeeds with probability
-about ``exp(-3 epsilon / 4) (1 - epsilon / 2)``: about 0.24 at epsilon 1 and 0.94 at 0.05.
+east loses the episode (the walk has no spare step), and a random turn finds the goal side one
+time in four, so an episode succeeds with probability about
+``exp(-3 epsilon / 4) (1 - 3 epsilon / 4)``: about 0.12 at epsilon 1 and 0.93 at 0.05.
 (Noise of epsilon on every step, our first version, left no successful episode at all for
 k = 100: ``(1 - 3 epsilon / 4) ** (k + 1)``.) Its episodes are plain Python steps of
 the env, about 200 k steps/s here (k = 10,000: 31 episodes/s).

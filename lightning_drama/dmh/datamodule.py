@@ -20,16 +20,19 @@ reads:
   observations (so the final observation can be the last step's goal);
 - ``pad [L]``: 1 on padding steps (see below).
 
-**Padding.** The model needs L a multiple of ``c`` and has no notion of padding. Fixed-length
+**Padding.** The model needs L a multiple of ``c``. Fixed-length
 episodes that are multiples of ``c`` (the 9 x 9 rooms: 20 steps, c = 5) need none. Otherwise we
 add the fewest steps that make L a multiple of c (or reach a requested ``length``) at the
 **front**, so that the last trajectory, the one the loss reads, stays where it is, at the end.
 Padding steps are neutral: states, actions, rewards, subgoals and timesteps 0, ``dones`` 0,
 ``loss_mask`` 0, ``rtg`` = R_last (the value every episode starts from, so the Mamba's first rtg
-token is the usual one) and ``pad`` 1. They never enter the loss; with padding shorter than c
-they only share the first block with the first episode's first steps (the first block's Mamba
-state token is then a zero state), which affects only the context's first sub-goal. The model
-ignores the extra ``pad`` key.
+token is the usual one) and ``pad`` 1. They never enter the loss. Whole blocks of padding in
+front (`collate_contexts` pads a batch's shorter contexts to the longest) do not reach the
+model's real blocks: DM-H's Mamba starts afresh at a context's first block with a real step
+(`DecisionMambaHybrid.encode_blocks` reads ``pad``), as the evaluation's memory starts empty.
+Padding shorter than c shares the first block with the first episode's first steps (that
+block's Mamba state token is then a zero state), which affects only the context's first
+sub-goal.
 
 `DMHDataModule` loads every history once (``setup``) and its ``train_dataloader`` streams endless
 batches of random contexts: a uniformly random task, then a uniformly random **window of n

@@ -359,12 +359,18 @@ class DecisionMambaHybrid(nn.Module):
         rewards: Tensor,
         dones: Tensor,
         memory: State | None = None,
+        pad: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, State]:
         """The Mamba stream over whole blocks, in parallel, from ``memory`` (None: empty).
 
         ``states [B, L, d]``, ``rtg, rewards, dones [B, L]``, L a multiple of c. Returns the
         Gaussian of each block's sub-goal, ``mean, logvar [B, K, z_dim]``, and the memory after
         all 4 K tokens, from which a later call continues exactly.
+
+        ``pad [B, L]`` (optional, bool): left padding. The Mamba starts afresh (its ``reset``) at
+        the first block that holds a real step, so whole blocks of padding in front (a short
+        context batched with longer ones) leave the real blocks exactly as without them, as in
+        the evaluation, whose memory starts empty.
         """
         blocks = self._blocks(states)
         tokens = self._mamba_tokens(
@@ -373,7 +379,12 @@ class DecisionMambaHybrid(nn.Module):
             self._blocks(rewards).to(self.dtype).sum(2),
             self._blocks(dones.long()).amax(2),
         )  # [B, K, 4, D]
-        h, memory = self.mamba(tokens.flatten(1, 2), memory)
+        reset = None
+        if pad is not None:
+            real = ~self._blocks(pad.bool()).all(2)  # [B, K]: blocks with a real step
+            first = real & (real.long().cumsum(1) == 1)
+            reset = F.pad(first[:, :, None], (0, TOKENS_PER_BLOCK - 1)).flatten(1)  # [B, 4 K]
+        h, memory = self.mamba(tokens.flatten(1, 2), memory, reset)
         h = h.reshape(tokens.shape)[:, :, STATE_TOKEN]
         mean, logvar = self._gaussian(h.to(self.dtype))
         return mean, logvar, memory
@@ -435,7 +446,8 @@ class DecisionMambaHybrid(nn.Module):
         ``rewards [B, L]``, ``rtg [B, L]`` (relabelled; read at block starts), ``dones [B, L]``
         (1 at an episode's last step), ``timesteps [B, L]`` (step within the episode),
         ``loss_mask [B, L]`` (1 on the last trajectory), ``subgoals [B, L, d]`` (each step's
-        `valuable_subgoals` target; read at block starts); L a multiple of c.
+        `valuable_subgoals` target; read at block starts); L a multiple of c; optionally
+        ``pad [B, L]`` (left padding: the Mamba starts at the first real block, `encode_blocks`).
         ``sample``: draw z (default: in training mode) or use the mean.
 
         Returns ``logits`` and ``goal_logits [B, L, A]`` (with Mamba's z and with f(s_g)),
@@ -449,7 +461,9 @@ class DecisionMambaHybrid(nn.Module):
         sample = self.training if sample is None else sample
         states = batch["states"]
         b = states.shape[0]
-        mean, logvar, _ = self.encode_blocks(states, batch["rtg"], batch["rewards"], batch["dones"])
+        mean, logvar, _ = self.encode_blocks(
+            states, batch["rtg"], batch["rewards"], batch["dones"], pad=batch.get("pad")
+        )
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
         goal_z = self.goal_map(
             self._float(self._blocks(batch["subgoals"])[:, :, 0], cfg.state_scale)

@@ -26,7 +26,7 @@ The result is the in-context learning curve: the mean return at each episode ind
 tasks, logged (``test/return_first``, ``test/return_last``, ``test/return_mean``,
 ``test/seconds_per_episode``), printed as a table and written to ``<log_dir>/in_context.csv``
 (``episode, mean_return, std_return, ci95, n_tasks``; ci95 is the half-width of a normal 95 %
-interval of the mean over the test tasks, 1.96 std / sqrt(n)).
+interval of the mean over the test tasks, 1.96 std / sqrt(n); NaN for one task).
 """
 
 from __future__ import annotations
@@ -266,7 +266,31 @@ class DMHModule(pl.LightningModule):
         self._seconds: list[np.ndarray] = []
         self.in_context_curve: list[dict[str, float]] = []
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The CLI links ``c`` and ``episode_blocks`` from the data config, also for ``test
+        --ckpt_path``: refuse values other than those the checkpoint was trained with, which
+        would evaluate it unlike its training."""
+        saved = checkpoint.get("hyper_parameters", {})
+        for key, value in (("c", self.hparams.c), ("episode_blocks", self.episode_blocks)):
+            if key in saved and saved[key] != value:
+                trained = str(saved[key]).lower()  # as the command line writes it
+                raise ConfigError(
+                    f"DMHModule: the checkpoint was trained with {key} {trained} but the config "
+                    f"gives {str(value).lower()}; pass --data.{key} {trained}"
+                )
+
     # ------------------------------------------------------------------------------ training
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        n = getattr(datamodule, "episodes_per_context", 1)
+        if self.algorithm == "dt" and n > 1:
+            raise ConfigError(
+                f"DMHModule: the Decision Transformer reads each episode's own return-to-go, which "
+                f"the contexts give with one episode only, not {n} (their rtg counts down from "
+                "the last episode's return); pass --data.episodes_per_context 1 "
+                "--data.min_episodes_per_context null"
+            )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.net.loss(batch)
@@ -328,7 +352,8 @@ class DMHModule(pl.LightningModule):
         seconds = np.concatenate(self._seconds)
         n = returns.shape[0]
         mean, std = returns.mean(0), returns.std(0)
-        half_width = 1.96 * std / math.sqrt(n)  # normal 95 % interval of the mean over tasks
+        # normal 95 % interval of the mean over tasks (none from one task)
+        half_width = 1.96 * std / math.sqrt(n) if n > 1 else np.full_like(std, np.nan)
         self.in_context_curve = [
             {"episode": e, "mean_return": float(m), "std_return": float(s),
              "ci95": float(h), "n_tasks": n}
