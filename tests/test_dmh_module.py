@@ -254,3 +254,19 @@ def test_dt_refuses_contexts_of_several_episodes(histories, tmp_path, monkeypatc
               "--data.episode_blocks", "false", "--trainer.max_steps", "1"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "Decision Transformer reads each episode's own return-to-go" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (Path(DEBUG).parent).glob("*.yaml")))
+def test_every_dmh_config_parses_and_builds_its_module(config, capsys):
+    """Each configs/dmh file is a valid CLI config whose model can be built (envs, sizes)."""
+    import yaml
+
+    path = Path(DEBUG).parent / config
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model, data = printed["model"], printed["data"]
+    linked = {"c": data["c"], "episode_blocks": data["episode_blocks"]}  # from data, by the CLI
+    module = DMHModule(**{**model, **linked})
+    assert module.net.config.c == data["c"] and module.env == model["env"]
